@@ -1,0 +1,110 @@
+//! The `ferry` command line. Data goes to stdout, messages to stderr; `anyhow` lives here.
+
+mod client;
+mod run;
+mod serve;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: connect business applications through their APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: webhooks, management API, workers.
+    Serve(serve::ServeArgs),
+    /// Run one flow once, in-process, and print the run as JSON.
+    Run(run::RunArgs),
+    /// Check flow and connection files; print every error as FILE:LINE:COL.
+    Validate {
+        /// Project folders, flow/connection folders or files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Inspect runs on a running server.
+    Runs {
+        #[command(subcommand)]
+        command: client::RunsCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Dead letters on a running server: list, show, replay.
+    Dlq {
+        #[command(subcommand)]
+        command: client::DlqCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+}
+
+/// Entry point for `main`: the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await.map(|_| 0),
+            Command::Run(args) => run::run(args).await,
+            Command::Validate { paths } => Ok(validate(&paths)),
+            Command::Runs { command, server } => client::runs(command, server).await.map(|_| 0),
+            Command::Dlq { command, server } => client::dlq(command, server).await.map(|_| 0),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> i32 {
+    let diags = crate::flow::validate_paths(paths);
+    if diags.is_empty() {
+        eprintln!("ok: no errors");
+        0
+    } else {
+        println!("{diags}");
+        eprintln!(
+            "{} error{}",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+        1
+    }
+}

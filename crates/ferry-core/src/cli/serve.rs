@@ -1,0 +1,146 @@
+//! `ferry serve [DIR]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::server::{AppState, Limits};
+use crate::store::sqlite::SqliteStore;
+
+#[derive(clap::Args)]
+pub(super) struct ServeArgs {
+    /// Project folder with flows/ and connections/.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Data folder (SQLite); default DIR/.ferry.
+    #[arg(long, env = "FERRY_DATA")]
+    data: Option<PathBuf>,
+    /// Shared PostgreSQL database for several nodes (postgres://…).
+    #[arg(long, env = "FERRY_DATABASE")]
+    database: Option<String>,
+    /// Runs executed at once.
+    #[arg(long, env = "FERRY_WORKERS", default_value_t = 256)]
+    workers: usize,
+    /// On shutdown, how long in-flight runs may take to finish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Largest webhook body, in bytes.
+    #[arg(long, env = "FERRY_MAX_BODY", default_value_t = 1024 * 1024)]
+    max_body: usize,
+    /// Deepest JSON nesting accepted in a webhook body.
+    #[arg(long, default_value_t = 64)]
+    max_depth: usize,
+}
+
+pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(db) = &args.database {
+        let scheme = db.split(':').next().unwrap_or("");
+        bail!(
+            "`--database {scheme}://…` is not supported by this build yet; leave it out to use the embedded SQLite store"
+        );
+    }
+    let project = match crate::flow::load_project(&args.dir) {
+        Ok(p) => p,
+        Err(diags) => {
+            println!("{diags}");
+            bail!("{} error(s) in flow files; nothing started", diags.len());
+        }
+    };
+    let data = args.data.clone().unwrap_or_else(|| args.dir.join(".ferry"));
+    let store = SqliteStore::open(&data)
+        .with_context(|| format!("opening the data folder `{}`", data.display()))?;
+    let admin_key = admin_key(&data)?;
+    let config = EngineConfig {
+        workers: args.workers.max(1),
+        ..EngineConfig::default()
+    };
+    let flows = project.flows.len();
+    let engine = Arc::new(Engine::new(Arc::new(store), Arc::new(project), config));
+    let state = AppState::new(
+        engine.clone(),
+        admin_key,
+        Limits {
+            max_body: args.max_body,
+            max_depth: args.max_depth,
+        },
+    );
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", args.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.clone().run(shutdown.clone(), args.grace));
+    tracing::info!(flows, data = %data.display(), "listening on {addr}");
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new requests; in-flight runs get the grace period");
+        signal.cancel();
+    });
+    crate::server::serve(listener, state, shutdown.clone())
+        .await
+        .context("server failed")?;
+    shutdown.cancel();
+    engine_task.await.context("engine task")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `FERRY_ADMIN_KEY`, or `DATA/admin.key` (created at first start, mode 0600).
+fn admin_key(data: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(k) = std::env::var("FERRY_ADMIN_KEY")
+        && !k.trim().is_empty()
+    {
+        return Ok(k.trim().to_owned());
+    }
+    let path = data.join("admin.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_owned());
+    }
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let key = format!("fk_{}", crate::flow::compile::hex(&bytes));
+    write_private(&path, &key).with_context(|| format!("writing `{}`", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the admin API key");
+    Ok(key)
+}
+
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()
+}

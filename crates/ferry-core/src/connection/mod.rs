@@ -1,0 +1,184 @@
+//! Connections: how to reach one external API (base URL, headers, timeout, retry policy).
+//!
+//! Owns resolving `{ env: NAME }` values at request time (so they are never stored) and the
+//! retry policy's delay computation. Does not send requests: the `http` step does.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::flow::model::{Backoff, ConnectionConfig, RetryConfig, ValueSource};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
+
+/// A compiled connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub base_url: ValueSource,
+    pub headers: Vec<(String, ValueSource)>,
+    pub timeout: Duration,
+    pub retry: Option<RetryPolicy>,
+    pub max_response_bytes: u64,
+}
+
+impl Connection {
+    pub fn from_config(c: &ConnectionConfig) -> Connection {
+        Connection {
+            id: c.id.value.clone(),
+            base_url: c.base_url.clone(),
+            headers: c.headers.0.clone(),
+            timeout: c.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT),
+            retry: c
+                .retry
+                .as_ref()
+                .map(|r| RetryPolicy::from_config(r, &RetryPolicy::http_default())),
+            max_response_bytes: c.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        }
+    }
+}
+
+/// An environment variable named by a connection is not set.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable `{0}` is not set")]
+pub struct MissingEnv(pub String);
+
+impl ValueSource {
+    /// The value now; environment values are read on every call so rotation needs no restart.
+    pub fn resolve(&self) -> Result<String, MissingEnv> {
+        match self {
+            ValueSource::Literal(s) => Ok(s.clone()),
+            ValueSource::Env { env } => std::env::var(env).map_err(|_| MissingEnv(env.clone())),
+        }
+    }
+
+    /// True when the value must be masked wherever a request is recorded.
+    pub fn is_sensitive(&self) -> bool {
+        matches!(self, ValueSource::Env { .. })
+    }
+}
+
+/// How many attempts, and how long to wait between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub backoff: Backoff,
+    pub initial: Duration,
+    pub max: Duration,
+    pub on_status: Vec<u16>,
+}
+
+impl RetryPolicy {
+    /// For steps that call out (http): a few attempts over a few minutes.
+    pub fn http_default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 5,
+            backoff: Backoff::Exponential,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            on_status: Vec::new(),
+        }
+    }
+
+    /// For steps that only compute: retrying cannot change the outcome.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::http_default()
+        }
+    }
+
+    /// A policy as written, with unset fields taken from `base`.
+    pub fn from_config(c: &RetryConfig, base: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            attempts: c.attempts.unwrap_or(base.attempts).max(1),
+            backoff: c.backoff.unwrap_or(base.backoff),
+            initial: c.initial.map(|d| d.0).unwrap_or(base.initial),
+            max: c.max.map(|d| d.0).unwrap_or(base.max),
+            on_status: if c.on_status.is_empty() {
+                base.on_status.clone()
+            } else {
+                c.on_status.clone()
+            },
+        }
+    }
+
+    /// Delay before attempt `attempt + 1`, after `attempt` failed attempts (1-based).
+    ///
+    /// Exponential backoff uses full jitter (a uniform draw in `[0, min(max, initial·2^(n-1))]`),
+    /// which spreads a burst of failures instead of retrying them in lockstep. A server's
+    /// `Retry-After` wins when it asks for longer, capped at `max`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let ceiling = match self.backoff {
+            Backoff::Fixed => self.initial,
+            Backoff::Exponential => {
+                let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+                self.initial.saturating_mul(factor).min(self.max)
+            }
+        };
+        let drawn = match self.backoff {
+            Backoff::Fixed => ceiling,
+            Backoff::Exponential => {
+                let ms = ceiling.as_millis() as u64;
+                Duration::from_millis(if ms == 0 {
+                    0
+                } else {
+                    rand::rng().random_range(0..=ms)
+                })
+            }
+        };
+        match retry_after {
+            Some(ra) => ra.min(self.max).max(drawn),
+            None => drawn,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_delay_is_jittered_under_a_growing_ceiling() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            ..RetryPolicy::http_default()
+        };
+        for _ in 0..200 {
+            assert!(p.delay(1, None) <= Duration::from_millis(100));
+            assert!(p.delay(3, None) <= Duration::from_millis(400));
+            assert!(p.delay(20, None) <= Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_maximum() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(5),
+            ..RetryPolicy::http_default()
+        };
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(60))),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn env_values_are_resolved_late_and_marked_sensitive() {
+        let v = ValueSource::Env {
+            env: "FERRY_TEST_SURELY_UNSET_VAR".into(),
+        };
+        assert!(v.is_sensitive());
+        assert_eq!(
+            v.resolve().unwrap_err().to_string(),
+            "environment variable `FERRY_TEST_SURELY_UNSET_VAR` is not set"
+        );
+    }
+}

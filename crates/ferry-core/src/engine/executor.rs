@@ -1,0 +1,378 @@
+//! Executing one claimed run: resume after the last completed step, persist each outcome,
+//! schedule retries as queued wake-ups, finish the run.
+//!
+//! Steps that only compute (`map`, `filter`, `log`) are deterministic, so their results are
+//! written together with the next step that calls out, or with the run's end: re-running
+//! them after a crash yields the same values and no effect outside. A step that calls out
+//! always has its outcome committed before the next step starts.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json, json};
+
+use super::Engine;
+use crate::flow::model::OnError;
+use crate::flow::{CompiledStep, Flow};
+use crate::step::{ErrorKind, StepCx, StepError, StepOutput};
+use crate::store::{ClaimedRun, RunStatus, RunUpdate, StepRow, StepStatus, StepWrite};
+
+/// What `ferry run` prints as a run goes.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub run_id: String,
+    pub step: String,
+    pub kind: &'static str,
+    pub row: StepRow,
+    pub retry_in_ms: Option<i64>,
+}
+
+pub trait Observer: Send + Sync {
+    fn step(&self, report: &StepReport);
+}
+
+enum Next {
+    Go,
+    Stop(RunUpdate),
+}
+
+impl Engine {
+    pub(crate) async fn execute(&self, run: ClaimedRun) {
+        let run_id = run.id.clone();
+        let Some(flow) = self.project.flow(&run.flow).cloned() else {
+            let error = json!({"kind": "config", "message": format!("flow `{}` is not loaded on this node", run.flow)});
+            self.write(
+                &run_id,
+                Vec::new(),
+                RunUpdate::Finish {
+                    status: RunStatus::Failed,
+                    error: Some(error),
+                },
+            )
+            .await;
+            return;
+        };
+        if let Err(e) = self.execute_flow(&flow, run).await {
+            tracing::warn!(run = %run_id, error = %e, "run stopped: its result could not be stored; it will be resumed");
+        }
+    }
+
+    async fn execute_flow(
+        &self,
+        flow: &Flow,
+        run: ClaimedRun,
+    ) -> Result<(), crate::store::StoreError> {
+        // Results of steps already done (a resumed or replayed run).
+        let mut outputs = Map::new();
+        let mut done = std::collections::HashSet::new();
+        let mut prior_attempts = std::collections::HashMap::new();
+        for row in &run.steps {
+            match row.status {
+                StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
+                    outputs.insert(row.path.clone(), row.output.clone().unwrap_or(Json::Null));
+                    done.insert(row.path.clone());
+                }
+                StepStatus::Retrying => {
+                    prior_attempts.insert(row.path.clone(), row.attempts);
+                }
+            }
+        }
+        let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
+        let mut pending: Vec<StepRow> = Vec::new();
+
+        for (i, step) in flow.steps.iter().enumerate() {
+            if done.contains(&step.id) {
+                continue;
+            }
+            let last = i + 1 == flow.steps.len();
+            let ctx = Arc::new(json!({
+                "event": run.event,
+                "steps": outputs,
+                "run": run_info,
+                "item": null,
+            }));
+            let started = self.clock.now_ms();
+            let attempt = prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
+
+            let next = match self.guard(step, &run.id, &ctx).await {
+                Ok(true) => {
+                    let result = self.attempt(step, &run.id, ctx).await;
+                    self.outcome(
+                        step,
+                        &run.id,
+                        attempt,
+                        started,
+                        result,
+                        &mut outputs,
+                        &mut pending,
+                        last,
+                    )
+                    .await?
+                }
+                Ok(false) => {
+                    let row = row(
+                        step,
+                        StepStatus::Skipped,
+                        0,
+                        started,
+                        self.clock.now_ms(),
+                        None,
+                        None,
+                    );
+                    self.report(&run.id, step, &row, None);
+                    outputs.insert(step.id.clone(), Json::Null);
+                    pending.push(row);
+                    if last {
+                        Next::Stop(RunUpdate::Finish {
+                            status: RunStatus::Succeeded,
+                            error: None,
+                        })
+                    } else {
+                        Next::Go
+                    }
+                }
+                Err(e) => {
+                    let e =
+                        StepError::new(ErrorKind::Expression, format!("in `if`: {}", e.message));
+                    self.outcome(
+                        step,
+                        &run.id,
+                        attempt,
+                        started,
+                        Err(e),
+                        &mut outputs,
+                        &mut pending,
+                        last,
+                    )
+                    .await?
+                }
+            };
+            if let Next::Stop(update) = next {
+                return self
+                    .commit(&run.id, std::mem::take(&mut pending), update)
+                    .await;
+            }
+        }
+        // Every step was already done (a resumed run whose final write was lost).
+        self.commit(
+            &run.id,
+            pending,
+            RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                error: None,
+            },
+        )
+        .await
+    }
+
+    /// The step's `if:`; true when absent.
+    async fn guard(
+        &self,
+        step: &CompiledStep,
+        _run: &str,
+        ctx: &Arc<Json>,
+    ) -> Result<bool, crate::expr::EvalError> {
+        let Some(when) = step.when.clone() else {
+            return Ok(true);
+        };
+        let ctx = ctx.clone();
+        crate::expr::eval_blocking(self.config.expr_timeout, move || {
+            when.eval_bool(&crate::expr::json_to_val(&ctx))
+        })
+        .await
+    }
+
+    async fn attempt(
+        &self,
+        step: &CompiledStep,
+        run_id: &str,
+        ctx: Arc<Json>,
+    ) -> Result<StepOutput, StepError> {
+        let cx = StepCx {
+            ctx,
+            run_id: run_id.to_owned(),
+            step_path: step.id.clone(),
+            idempotency_key: format!("{run_id}:{}", step.id),
+            http: self.http.clone(),
+            expr_timeout: self.config.expr_timeout,
+        };
+        match tokio::time::timeout(step.timeout, step.step.execute(&cx)).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "step did not finish within {}",
+                    humantime::format_duration(step.timeout)
+                ),
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn outcome(
+        &self,
+        step: &CompiledStep,
+        run_id: &str,
+        attempt: u32,
+        started: i64,
+        result: Result<StepOutput, StepError>,
+        outputs: &mut Map<String, Json>,
+        pending: &mut Vec<StepRow>,
+        last: bool,
+    ) -> Result<Next, crate::store::StoreError> {
+        let finished = self.clock.now_ms();
+        match result {
+            Ok(out) => {
+                let row = row(
+                    step,
+                    StepStatus::Succeeded,
+                    attempt,
+                    started,
+                    finished,
+                    Some(out.value.clone()),
+                    None,
+                )
+                .with_request(out.request);
+                self.report(run_id, step, &row, None);
+                outputs.insert(step.id.clone(), out.value);
+                pending.push(row);
+                if out.stop || last {
+                    return Ok(Next::Stop(RunUpdate::Finish {
+                        status: RunStatus::Succeeded,
+                        error: None,
+                    }));
+                }
+                if step.step.calls_out() {
+                    self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
+                        .await?;
+                }
+                Ok(Next::Go)
+            }
+            Err(e) => {
+                let retryable = e.is_retryable(&step.retry);
+                let error = e.to_json();
+                let mut r = row(
+                    step,
+                    StepStatus::Failed,
+                    attempt,
+                    started,
+                    finished,
+                    None,
+                    Some(error.clone()),
+                );
+                r.request = e.request.clone();
+                r.response = e.response.clone();
+                if retryable && attempt < step.retry.attempts {
+                    let delay = step.retry.delay(attempt, e.retry_after);
+                    r.status = StepStatus::Retrying;
+                    self.report(run_id, step, &r, Some(delay.as_millis() as i64));
+                    pending.push(r);
+                    let next_at_ms = finished + delay.as_millis() as i64;
+                    return Ok(Next::Stop(RunUpdate::Retry { next_at_ms }));
+                }
+                self.report(run_id, step, &r, None);
+                match step.on_error {
+                    OnError::Continue => {
+                        let value = json!({ "error": error });
+                        r.output = Some(value.clone());
+                        outputs.insert(step.id.clone(), value);
+                        pending.push(r);
+                        if last {
+                            return Ok(Next::Stop(RunUpdate::Finish {
+                                status: RunStatus::Succeeded,
+                                error: None,
+                            }));
+                        }
+                        if step.step.calls_out() {
+                            self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
+                                .await?;
+                        }
+                        Ok(Next::Go)
+                    }
+                    OnError::Fail => {
+                        pending.push(r);
+                        // Out of attempts on a failure that could pass later: dead. A failure
+                        // no retry can fix (4xx, bad expression): failed. Both are dead letters.
+                        let status = if retryable {
+                            RunStatus::Dead
+                        } else {
+                            RunStatus::Failed
+                        };
+                        let mut error = error;
+                        error["step"] = Json::String(step.id.clone());
+                        Ok(Next::Stop(RunUpdate::Finish {
+                            status,
+                            error: Some(error),
+                        }))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        run_id: &str,
+        rows: Vec<StepRow>,
+        update: RunUpdate,
+    ) -> Result<(), crate::store::StoreError> {
+        let write = StepWrite {
+            run_id: run_id.to_owned(),
+            owner: self.owner.clone(),
+            rows,
+            update,
+            now_ms: self.clock.now_ms(),
+        };
+        self.store.write_step(write).await
+    }
+
+    async fn write(&self, run_id: &str, rows: Vec<StepRow>, update: RunUpdate) {
+        if let Err(e) = self.commit(run_id, rows, update).await {
+            tracing::warn!(run = %run_id, error = %e, "could not store the run's result");
+        }
+    }
+
+    fn report(&self, run_id: &str, step: &CompiledStep, row: &StepRow, retry_in_ms: Option<i64>) {
+        if let Some(o) = &self.observer {
+            o.step(&StepReport {
+                run_id: run_id.to_owned(),
+                step: step.id.clone(),
+                kind: step.kind,
+                row: row.clone(),
+                retry_in_ms,
+            });
+        }
+    }
+}
+
+fn row(
+    step: &CompiledStep,
+    status: StepStatus,
+    attempts: u32,
+    started: i64,
+    finished: i64,
+    output: Option<Json>,
+    error: Option<Json>,
+) -> StepRow {
+    StepRow {
+        path: step.id.clone(),
+        status,
+        attempts,
+        started_at_ms: started,
+        finished_at_ms: finished,
+        output,
+        error,
+        request: None,
+        response: None,
+    }
+}
+
+trait WithRequest {
+    fn with_request(self, request: Option<Json>) -> Self;
+}
+
+impl WithRequest for StepRow {
+    fn with_request(mut self, request: Option<Json>) -> Self {
+        self.request = request;
+        self
+    }
+}

@@ -1,0 +1,361 @@
+//! Expressions: jq (through jaq) and `{{ expr }}` templates, compiled once when a flow loads.
+//!
+//! Owns compiling, locating syntax errors inside a template string, and evaluating against a
+//! JSON context. Does not know about steps or runs: callers pass the context (SPEC §6).
+//!
+//! jaq values are `Rc`-based, so a whole evaluation happens inside one synchronous call, and
+//! jaq has no step budget: `eval_blocking` runs evaluations on tokio's blocking pool, bounded
+//! by a semaphore, with a timeout, so a runaway filter fails its step instead of hanging a
+//! worker. The runaway thread itself cannot be stopped; it is counted and logged, and the pool
+//! replaces it (at most `MAX_RUNAWAYS` before new evaluations wait).
+
+mod template;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Ctx, Vars, data, unwrap_valr};
+use jaq_json::Val;
+
+pub use template::{Part, Piece, Template, TemplateError, split_template};
+
+type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
+
+/// Definitions put in front of every expression, shadowing filters a flow may not use: they
+/// read the process environment (secrets live there), stop the process, read stdin, or write
+/// payloads to stderr. Shadowing keeps the standard library's own definitions compiling.
+const PRELUDE: &str = concat!(
+    "def env: error(\"`env` is not available in Ferry expressions\"); ",
+    "def halt: error(\"`halt` is not available in Ferry expressions\"); ",
+    "def halt(c): error(\"`halt` is not available in Ferry expressions\"); ",
+    "def halt_error: error(\"`halt_error` is not available in Ferry expressions\"); ",
+    "def halt_error(c): error(\"`halt_error` is not available in Ferry expressions\"); ",
+    "def input: error(\"`input` is not available in Ferry expressions\"); ",
+    "def inputs: error(\"`inputs` is not available in Ferry expressions\"); ",
+    "def debug: .; def debug(m): .; def stderr: .; ",
+);
+
+/// A compiled jq expression; cheap to clone.
+#[derive(Clone)]
+pub struct Expr {
+    src: Arc<str>,
+    filter: Arc<JqFilter>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.src)
+    }
+}
+
+/// A jq syntax or compile error, with the byte offset in the expression where it applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompileError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// A runtime failure of an expression.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct EvalError {
+    pub message: String,
+}
+
+impl Expr {
+    pub fn compile(src: &str) -> Result<Expr, CompileError> {
+        let src_trim = src.trim();
+        if src_trim.is_empty() {
+            return Err(CompileError {
+                offset: 0,
+                message: "empty expression".into(),
+            });
+        }
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let code = format!("{PRELUDE}{src}");
+        let full = code.as_str();
+        let offset_in = |_: &str, part: &str| offset_in(full, part).saturating_sub(PRELUDE.len());
+        let modules = loader
+            .load(
+                &arena,
+                File {
+                    code: full,
+                    path: (),
+                },
+            )
+            .map_err(|errs| {
+                let mut first = CompileError {
+                    offset: 0,
+                    message: "invalid jq expression".into(),
+                };
+                if let Some((_, err)) = errs.into_iter().next() {
+                    first = match err {
+                        jaq_core::load::Error::Io(e) => CompileError {
+                            offset: 0,
+                            message: e.first().map(|x| x.1.clone()).unwrap_or_default(),
+                        },
+                        jaq_core::load::Error::Lex(e) => match e.first() {
+                            Some((expect, found)) => CompileError {
+                                offset: offset_in(src, found),
+                                message: format!("expected {}", expect.as_str()),
+                            },
+                            None => first,
+                        },
+                        jaq_core::load::Error::Parse(e) => match e.first() {
+                            Some((expect, found)) => CompileError {
+                                offset: offset_in(src, found),
+                                message: if found.is_empty() {
+                                    format!("expected {}, found end of expression", expect.as_str())
+                                } else {
+                                    format!("expected {}, found `{}`", expect.as_str(), found)
+                                },
+                            },
+                            None => first,
+                        },
+                    };
+                }
+                first
+            })?;
+        let filter = jaq_core::Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errs| {
+                let (name, undefined) = errs
+                    .into_iter()
+                    .flat_map(|(_, e)| e)
+                    .next()
+                    .expect("compile errors are never empty");
+                let what = undefined.as_str();
+                CompileError {
+                    offset: offset_in(src, name),
+                    message: format!("undefined {what} `{name}`"),
+                }
+            })?;
+        Ok(Expr {
+            src: Arc::from(src),
+            filter: Arc::new(filter),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Runs the expression and returns its first output (`null` when it yields nothing).
+    pub fn eval(&self, input: &Val) -> Result<serde_json::Value, EvalError> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        let mut out = self.filter.id.run((ctx, input.clone())).map(unwrap_valr);
+        match out.next() {
+            None => Ok(serde_json::Value::Null),
+            Some(Ok(v)) => Ok(val_to_json(&v)),
+            Some(Err(e)) => Err(EvalError {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// True when the expression's first output is truthy (jq: anything but `false` and `null`).
+    pub fn eval_bool(&self, input: &Val) -> Result<bool, EvalError> {
+        Ok(!matches!(
+            self.eval(input)?,
+            serde_json::Value::Null | serde_json::Value::Bool(false)
+        ))
+    }
+}
+
+/// Byte offset of `part` in `whole` when `part` is a slice of it (jaq's errors are), else 0.
+fn offset_in(whole: &str, part: &str) -> usize {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    if p >= w && p + part.len() <= w + whole.len() {
+        p - w
+    } else {
+        0
+    }
+}
+
+/// Turns a JSON context into a jaq value (done once per evaluation batch).
+pub fn json_to_val(v: &serde_json::Value) -> Val {
+    use serde::Deserialize;
+    Val::deserialize(v).unwrap_or(Val::Null)
+}
+
+pub fn val_to_json(v: &Val) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Val::Null => J::Null,
+        Val::Bool(b) => J::Bool(*b),
+        Val::Num(n) => num_to_json(n),
+        Val::TStr(b) | Val::BStr(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Val::Arr(items) => J::Array(items.iter().map(val_to_json).collect()),
+        Val::Obj(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Val::TStr(b) | Val::BStr(b) => String::from_utf8_lossy(b).into_owned(),
+                        other => other.to_string(),
+                    };
+                    (key, val_to_json(v))
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn num_to_json(n: &jaq_json::Num) -> serde_json::Value {
+    use jaq_json::Num;
+    match n {
+        Num::Int(i) => serde_json::Value::from(*i as i64),
+        Num::Float(f) => float_json(*f),
+        other => {
+            let text = other.to_string();
+            if let Ok(i) = text.parse::<i64>() {
+                serde_json::Value::from(i)
+            } else {
+                float_json(text.parse::<f64>().unwrap_or(f64::NAN))
+            }
+        }
+    }
+}
+
+fn float_json(f: f64) -> serde_json::Value {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        return serde_json::Value::from(f as i64);
+    }
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Evaluations running on the blocking pool right now, and runaways given up on.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static RUNAWAYS: AtomicUsize = AtomicUsize::new(0);
+const MAX_RUNAWAYS: usize = 64;
+
+/// How many evaluations were abandoned after their timeout since start (for metrics).
+pub fn runaway_count() -> usize {
+    RUNAWAYS.load(Ordering::Relaxed)
+}
+
+/// Runs `f` (which evaluates expressions) off the async workers, failing after `timeout`.
+pub async fn eval_blocking<T, F>(timeout: Duration, f: F) -> Result<T, EvalError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, EvalError> + Send + 'static,
+{
+    if RUNAWAYS.load(Ordering::Relaxed) >= MAX_RUNAWAYS {
+        return Err(EvalError {
+            message: "too many runaway expressions on this node; restart it".into(),
+        });
+    }
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    let handle = tokio::task::spawn_blocking(move || {
+        let out = f();
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        out
+    });
+    match tokio::time::timeout(timeout, handle).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(join)) => Err(EvalError {
+            message: format!("expression evaluation crashed: {join}"),
+        }),
+        Err(_) => {
+            let n = RUNAWAYS.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                runaways = n,
+                timeout_ms = timeout.as_millis() as u64,
+                "expression exceeded its time limit"
+            );
+            Err(EvalError {
+                message: format!(
+                    "expression did not finish within {}",
+                    humantime::format_duration(timeout)
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(src: &str, input: serde_json::Value) -> Result<serde_json::Value, EvalError> {
+        Expr::compile(src).unwrap().eval(&json_to_val(&input))
+    }
+
+    #[test]
+    fn evaluates_jq_with_the_standard_library() {
+        assert_eq!(
+            run(".a | ascii_downcase", json!({"a": "HeLLo"})).unwrap(),
+            json!("hello")
+        );
+        assert_eq!(
+            run("[.[] | . * 2]", json!([1, 2, 3])).unwrap(),
+            json!([2, 4, 6])
+        );
+        assert_eq!(
+            run(".a + \" \" + .b", json!({"a": "Ada", "b": "Lovelace"})).unwrap(),
+            json!("Ada Lovelace")
+        );
+        assert_eq!(
+            run("{x: .n / 2}", json!({"n": 3})).unwrap(),
+            json!({"x": 1.5})
+        );
+        assert_eq!(run("empty", json!(1)).unwrap(), json!(null));
+    }
+
+    #[test]
+    fn runtime_errors_are_reported_not_panicked() {
+        let err = run(".a + 1", json!({"a": "x"})).unwrap_err();
+        assert!(err.message.contains("cannot"), "{}", err.message);
+    }
+
+    #[test]
+    fn syntax_errors_carry_an_offset() {
+        let err = Expr::compile(".a | ascii_downcase(").unwrap_err();
+        assert!(err.offset > 0, "{err:?}");
+        let err = Expr::compile(".a | nosuchfn").unwrap_err();
+        assert_eq!(err.offset, 5);
+        assert_eq!(err.message, "undefined filter `nosuchfn`");
+    }
+
+    #[test]
+    fn environment_and_halt_are_not_reachable() {
+        assert!(Expr::compile("$ENV").is_err());
+        for src in ["env", "env.HOME", "halt", "halt_error(1)", "input"] {
+            let err = Expr::compile(src).unwrap().eval(&Val::Null).unwrap_err();
+            assert!(
+                err.message.contains("not available"),
+                "{src}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn runaway_expressions_time_out() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = Expr::compile("last(range(1e18))").unwrap();
+        let err = rt
+            .block_on(eval_blocking(Duration::from_millis(100), move || {
+                e.eval(&Val::Null)
+            }))
+            .unwrap_err();
+        assert!(err.message.contains("did not finish"), "{}", err.message);
+        // The runaway thread cannot be joined; leave it behind instead of waiting for it.
+        rt.shutdown_background();
+    }
+}

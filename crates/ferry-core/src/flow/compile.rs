@@ -1,0 +1,482 @@
+//! Checking and compiling flow and connection files into runtime types.
+//!
+//! Every part is checked on its own so that one pass reports every error: the top level,
+//! the trigger, then each step (its common keys and its kind's settings).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+
+use super::model::{
+    ConnectionConfig, FlowConfig, OnError, STEP_COMMON_KEYS, StepCommon, TriggerConfig,
+};
+use super::node::{Key, Node, Value};
+use crate::connection::{Connection, RetryPolicy};
+use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
+use crate::expr::Expr;
+use crate::step::{CompileCx, STEPS, Step, kinds};
+
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// A compiled, runnable flow.
+pub struct Flow {
+    pub id: String,
+    pub file: String,
+    /// Content hash of the file: a new hash is a new version.
+    pub version: String,
+    pub source: String,
+    pub trigger: Trigger,
+    pub steps: Vec<CompiledStep>,
+}
+
+impl Flow {
+    pub fn webhook(&self) -> Option<&Webhook> {
+        match &self.trigger {
+            Trigger::Webhook(w) => Some(w),
+            Trigger::Manual => None,
+        }
+    }
+
+    pub fn step_index(&self, path: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == path)
+    }
+}
+
+pub enum Trigger {
+    Webhook(Webhook),
+    Manual,
+}
+
+pub struct Webhook {
+    pub path: String,
+    pub method: String,
+    pub dedupe: Option<Expr>,
+    pub dedupe_window: Duration,
+    pub pos: Pos,
+}
+
+pub struct CompiledStep {
+    pub id: String,
+    pub kind: &'static str,
+    pub when: Option<Expr>,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub step: Box<dyn Step>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+pub(super) fn compile_connection(
+    file: &str,
+    node: &Node,
+    diags: &mut Diagnostics,
+) -> Option<(Connection, Pos)> {
+    match node.parse::<ConnectionConfig>() {
+        Ok(c) => {
+            if !valid_id(&c.id.value) {
+                diags.push(
+                    Diagnostic::new(
+                        file,
+                        c.id.pos,
+                        format!("invalid connection id `{}`", c.id.value),
+                    )
+                    .hint("use letters, digits, `-` and `_`"),
+                );
+                return None;
+            }
+            if let crate::flow::model::ValueSource::Literal(url) = &c.base_url
+                && reqwest::Url::parse(url).is_err()
+            {
+                let pos = node.get("base_url").map(|n| n.pos).unwrap_or(node.pos);
+                diags.push(
+                    Diagnostic::new(file, pos, format!("invalid base_url `{url}`"))
+                        .hint("an absolute URL, e.g. https://api.example.com/v1"),
+                );
+                return None;
+            }
+            Some((Connection::from_config(&c), c.id.pos))
+        }
+        Err(e) => {
+            let hint = e.hint.unwrap_or_else(|| "see docs/connections.md".into());
+            diags.push(Diagnostic::new(file, e.pos.unwrap_or(node.pos), e.message).hint(hint));
+            None
+        }
+    }
+}
+
+pub(super) fn compile_flow(
+    file: &str,
+    source: &str,
+    node: &Node,
+    connections: &HashMap<String, Arc<Connection>>,
+    diags: &mut Diagnostics,
+) -> Option<(Flow, Pos)> {
+    let before = diags.len();
+    let config: FlowConfig = match node.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let hint = e.hint.unwrap_or_else(|| {
+                "a flow file has `id`, `trigger` and `steps`; see docs/flows.md".into()
+            });
+            diags.push(Diagnostic::new(file, e.pos.unwrap_or(node.pos), e.message).hint(hint));
+            return None;
+        }
+    };
+    if !valid_id(&config.id.value) {
+        diags.push(
+            Diagnostic::new(
+                file,
+                config.id.pos,
+                format!("invalid flow id `{}`", config.id.value),
+            )
+            .hint("use letters, digits, `-` and `_`"),
+        );
+    }
+
+    // Step ids first, so that references can tell "later" from "unknown".
+    let mut ids: Vec<String> = Vec::new();
+    for step in &config.steps {
+        if let Some(id) = step.get("id").and_then(Node::as_str) {
+            ids.push(id.to_owned());
+        }
+    }
+
+    let mut cx = CompileCx {
+        file,
+        source,
+        connections,
+        diags,
+        steps_before: Vec::new(),
+        all_steps: ids,
+    };
+    let trigger = compile_trigger(&config.trigger, &mut cx);
+    let mut steps = Vec::new();
+    let mut seen: HashMap<String, Pos> = HashMap::new();
+    for step_node in &config.steps {
+        if let Some(step) = compile_step(step_node, &mut cx, &mut seen) {
+            cx.steps_before.push(step.id.clone());
+            steps.push(step);
+        } else if let Some(id) = step_node.get("id").and_then(Node::as_str) {
+            // Keep checking later steps' references against this id.
+            cx.steps_before.push(id.to_owned());
+        }
+    }
+    if config.steps.is_empty() {
+        cx.error(
+            node.get("steps").map(|n| n.pos).unwrap_or(node.pos),
+            "a flow needs at least one step",
+            Some("add a step under `steps:`".into()),
+        );
+    }
+    if diags.len() > before {
+        return None;
+    }
+    let version = hex(&sha2::Sha256::digest(source.as_bytes())[..8]);
+    Some((
+        Flow {
+            id: config.id.value.clone(),
+            file: file.to_owned(),
+            version,
+            source: source.to_owned(),
+            trigger: trigger?,
+            steps,
+        },
+        config.id.pos,
+    ))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
+    let config: TriggerConfig = cx.parse(node)?;
+    match config {
+        TriggerConfig::Manual(_) => Some(Trigger::Manual),
+        TriggerConfig::Webhook(w) => {
+            let path = w.path.value.trim().to_owned();
+            let mut ok = true;
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                cx.error(
+                    w.path.pos,
+                    format!("invalid webhook path `{path}`"),
+                    Some("a path such as /hooks/shop/customers".into()),
+                );
+                ok = false;
+            } else if crate::server::RESERVED_PREFIXES
+                .iter()
+                .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+            {
+                cx.error(
+                    w.path.pos,
+                    format!("webhook path `{path}` is reserved"),
+                    Some(format!(
+                        "Ferry serves {} itself; use e.g. /hooks/…",
+                        crate::server::RESERVED_PREFIXES.join(", ")
+                    )),
+                );
+                ok = false;
+            }
+            let method = match &w.method {
+                Some(m) => {
+                    let up = m.value.trim().to_ascii_uppercase();
+                    if !matches!(up.as_str(), "POST" | "PUT" | "PATCH" | "GET" | "DELETE") {
+                        cx.error(
+                            m.pos,
+                            format!("unsupported webhook method `{}`", m.value),
+                            Some("POST, PUT, PATCH, GET or DELETE".into()),
+                        );
+                        ok = false;
+                    }
+                    up
+                }
+                None => "POST".into(),
+            };
+            let saved = std::mem::take(&mut cx.steps_before);
+            let dedupe = match &w.dedupe {
+                Some(d) => {
+                    let e = cx.expr(d);
+                    ok &= e.is_some();
+                    e
+                }
+                None => None,
+            };
+            cx.steps_before = saved;
+            let dedupe_window = w
+                .dedupe_window
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_DEDUPE_WINDOW);
+            ok.then_some(Trigger::Webhook(Webhook {
+                path,
+                method,
+                dedupe,
+                dedupe_window,
+                pos: w.path.pos,
+            }))
+        }
+    }
+}
+
+fn compile_step(
+    node: &Node,
+    cx: &mut CompileCx,
+    seen: &mut HashMap<String, Pos>,
+) -> Option<CompiledStep> {
+    let Value::Map(entries) = &node.value else {
+        cx.error(
+            node.pos,
+            format!("a step is a mapping, found {}", node.kind_name()),
+            Some("e.g. `- id: contact` then `http: {…}`".into()),
+        );
+        return None;
+    };
+    let mut common = Vec::new();
+    let mut kind: Vec<(&Key, &Node)> = Vec::new();
+    let mut ok = true;
+    for (k, v) in entries {
+        if STEP_COMMON_KEYS.contains(&k.name.as_str()) {
+            common.push((k.clone(), v.clone()));
+        } else if kinds().any(|kd| kd == k.name) {
+            kind.push((k, v));
+        } else {
+            let all: Vec<&str> = kinds().chain(STEP_COMMON_KEYS.iter().copied()).collect();
+            let guess = did_you_mean(&k.name, all.iter().copied());
+            let kind_list = kinds().collect::<Vec<_>>().join(", ");
+            let (message, hint) = match guess {
+                Some(g) if kinds().any(|kd| kd == g) => (
+                    format!("unknown step kind `{}`", k.name),
+                    format!("did you mean `{g}`? kinds: {kind_list}"),
+                ),
+                Some(g) => (
+                    format!("unknown key `{}` in step", k.name),
+                    format!("did you mean `{g}`?"),
+                ),
+                None => (
+                    format!("unknown key `{}` in step", k.name),
+                    format!(
+                        "a step has {} and one kind: {kind_list}",
+                        STEP_COMMON_KEYS.join(", ")
+                    ),
+                ),
+            };
+            cx.error(k.pos, message, Some(hint));
+            ok = false;
+        }
+    }
+    let common_node = Node {
+        pos: node.pos,
+        value: Value::Map(common),
+    };
+    let common: Option<StepCommon> = cx.parse(&common_node);
+    // Checked on the raw node so that a step with other errors still claims its id.
+    if let Some(id_node) = node.get("id")
+        && let Some(id) = id_node.as_str()
+    {
+        if !valid_id(id) {
+            cx.error(
+                id_node.pos,
+                format!("invalid step id `{id}`"),
+                Some("use letters, digits, `-` and `_`".into()),
+            );
+            ok = false;
+        } else if let Some(first) = seen.insert(id.to_owned(), id_node.pos) {
+            cx.error(
+                id_node.pos,
+                format!("duplicate step id `{id}`"),
+                Some(format!(
+                    "first used at line {}; step ids must be unique",
+                    first.line
+                )),
+            );
+            ok = false;
+        }
+    }
+    let (kind_key, kind_node) = match kind.as_slice() {
+        [one] => *one,
+        [] => {
+            if ok {
+                let kind_list = kinds().collect::<Vec<_>>().join(", ");
+                cx.error(
+                    node.pos,
+                    "step has no kind",
+                    Some(format!("add one of: {kind_list}")),
+                );
+            }
+            return None;
+        }
+        [_, second, ..] => {
+            cx.error(
+                second.0.pos,
+                format!(
+                    "a step has exactly one kind; found {}",
+                    kind.iter()
+                        .map(|(k, _)| format!("`{}`", k.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some("split it into two steps".into()),
+            );
+            return None;
+        }
+    };
+    let def = STEPS
+        .iter()
+        .find(|d| d.kind == kind_key.name)
+        .expect("kind checked above");
+    let step = (def.compile)(kind_node, cx);
+    let common = common?;
+    let when = match &common.when {
+        Some(w) => Some(cx.expr(w)?),
+        None => None,
+    };
+    let step = step?;
+    if !ok {
+        return None;
+    }
+    let base = step.default_retry();
+    let retry = match &common.retry {
+        Some(r) => RetryPolicy::from_config(r, &base),
+        None => base,
+    };
+    let timeout = common
+        .timeout
+        .map(|d| d.0)
+        .or_else(|| {
+            step.connection()
+                .map(|c| c.timeout + Duration::from_secs(1))
+        })
+        .unwrap_or(DEFAULT_STEP_TIMEOUT);
+    Some(CompiledStep {
+        id: common.id.value.clone(),
+        kind: def.kind,
+        when,
+        retry,
+        timeout,
+        on_error: common.on_error.unwrap_or_default(),
+        step,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(flow: &str) -> String {
+        let mut conns = HashMap::new();
+        let c = Connection {
+            id: "crm".into(),
+            base_url: crate::flow::model::ValueSource::Literal("http://127.0.0.1:1".into()),
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+            retry: None,
+            max_response_bytes: 1024,
+        };
+        conns.insert("crm".to_owned(), Arc::new(c));
+        let node = crate::flow::node::parse_yaml(flow).unwrap();
+        let mut diags = Diagnostics::default();
+        let _ = compile_flow("f.yaml", flow, &node, &conns, &mut diags);
+        diags.sort();
+        diags.to_string()
+    }
+
+    #[test]
+    fn every_error_in_a_flow_is_reported_with_its_location() {
+        let flow = "\
+id: signup
+trigger:
+  webhook: { path: /hooks/a, dedupe: '{{ .event.headers[\"x\"] }}' }
+steps:
+  - id: a
+    htpp: { connection: crm, path: /x }
+  - id: b
+    http: { connection: crn, path: /x }
+    timeout: soon
+  - id: b
+    map: { x: '{{ .steps.nope.body | bad_fn }}' }
+  - id: d
+    map: '{{ .steps.e }}'
+  - id: e
+    filter: '{{ .x == }}'
+";
+        insta::assert_snapshot!(errors(flow), @r"
+        f.yaml:6:5: error: unknown step kind `htpp`
+          hint: did you mean `http`? kinds: http, map, filter, log
+        f.yaml:8:25: error: unknown connection `crn`
+          hint: did you mean `crm`?
+        f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
+          hint: see docs/flows.md for the keys each part takes
+        f.yaml:10:9: error: duplicate step id `b`
+          hint: first used at line 7; step ids must be unique
+        f.yaml:11:38: error: invalid expression: undefined filter `bad_fn`
+          hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        f.yaml:13:21: error: reference to unknown step `e`
+          hint: step `e` runs later; a step can only read the results of steps before it
+        f.yaml:15:23: error: invalid expression: expected term, found end of expression
+          hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        ");
+    }
+
+    #[test]
+    fn a_valid_flow_compiles() {
+        let flow = "\
+id: ok
+trigger: { manual: {} }
+steps:
+  - id: m
+    map: { email: '{{ .event.body.email | ascii_downcase }}' }
+  - id: call
+    http: { connection: crm, method: post, path: /contacts, body: '{{ .steps.m }}' }
+";
+        assert_eq!(errors(flow), "");
+    }
+}

@@ -1,0 +1,259 @@
+//! Finding and reading flow and connection files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::compile::{Flow, compile_connection, compile_flow};
+use super::node::parse_yaml;
+use crate::connection::Connection;
+use crate::diag::{Diagnostic, Diagnostics, Pos};
+
+/// Everything a server or `ferry run` needs: compiled flows and connections.
+#[derive(Clone, Default)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub flows: Vec<Arc<Flow>>,
+    pub connections: HashMap<String, Arc<Connection>>,
+}
+
+impl Project {
+    pub fn flow(&self, id: &str) -> Option<&Arc<Flow>> {
+        self.flows.iter().find(|f| f.id == id)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+enum Kind {
+    Connection,
+    Flow,
+}
+
+/// A file to read, under the name errors should show.
+#[derive(Debug)]
+struct Source {
+    shown: String,
+    text: String,
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn shown(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches("./").to_owned()
+}
+
+/// Loads `DIR/flows/*.yaml` and `DIR/connections/*.yaml`: all valid, or every error.
+pub fn load_project(dir: &Path) -> Result<Project, Diagnostics> {
+    let mut files = BTreeMap::new();
+    let flows_dir = dir.join("flows");
+    let conns_dir = dir.join("connections");
+    if !flows_dir.is_dir() {
+        let d = Diagnostic::new(
+            &shown(dir),
+            Pos { line: 1, col: 1 },
+            format!("no `flows` folder in `{}`", shown(dir)),
+        )
+        .hint(
+            "a project folder holds flows/*.yaml and connections/*.yaml; see examples/quickstart",
+        );
+        return Err(Diagnostics(vec![d]));
+    }
+    for p in yaml_files(&flows_dir) {
+        files.insert(p, Kind::Flow);
+    }
+    for p in yaml_files(&conns_dir) {
+        files.insert(p, Kind::Connection);
+    }
+    let mut project = compile_files(files)?;
+    project.dir = dir.to_path_buf();
+    Ok(project)
+}
+
+/// `ferry validate PATH…`: project folders, flow or connection folders, or single files.
+/// Connections beside a flow's folder are loaded so references resolve.
+pub fn validate_paths(paths: &[PathBuf]) -> Diagnostics {
+    let mut files = BTreeMap::new();
+    let mut diags = Diagnostics::default();
+    for path in paths {
+        if path.is_dir() {
+            if path.join("flows").is_dir() || path.join("connections").is_dir() {
+                for p in yaml_files(&path.join("flows")) {
+                    files.insert(p, Kind::Flow);
+                }
+                for p in yaml_files(&path.join("connections")) {
+                    files.insert(p, Kind::Connection);
+                }
+            } else {
+                for p in yaml_files(path) {
+                    let kind = kind_of(&p);
+                    files.insert(p, kind);
+                }
+            }
+        } else if path.is_file() {
+            files.insert(path.clone(), kind_of(path));
+        } else {
+            diags.push(
+                Diagnostic::new(
+                    &shown(path),
+                    Pos { line: 1, col: 1 },
+                    "no such file or folder",
+                )
+                .hint("check the path"),
+            );
+        }
+    }
+    // A flow in X/flows/ may use connections from X/connections/.
+    let siblings: Vec<PathBuf> = files
+        .iter()
+        .filter(|(_, k)| **k == Kind::Flow)
+        .filter_map(|(p, _)| p.parent())
+        .filter(|d| d.file_name().is_some_and(|n| n == "flows"))
+        .filter_map(|d| d.parent().map(|x| x.join("connections")))
+        .collect();
+    for dir in siblings {
+        for p in yaml_files(&dir) {
+            files.entry(p).or_insert(Kind::Connection);
+        }
+    }
+    if let Err(d) = compile_files(files) {
+        diags.extend(d);
+    }
+    diags.sort();
+    diags
+}
+
+fn kind_of(p: &Path) -> Kind {
+    if p.parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "connections")
+    {
+        return Kind::Connection;
+    }
+    match std::fs::read_to_string(p) {
+        Ok(text) if text.lines().any(|l| l.starts_with("base_url:")) => Kind::Connection,
+        _ => Kind::Flow,
+    }
+}
+
+fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut sources: Vec<(Kind, Source)> = Vec::new();
+    for (path, kind) in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push((
+                kind,
+                Source {
+                    shown: shown(&path),
+                    text,
+                },
+            )),
+            Err(e) => diags.push(Diagnostic::new(
+                &shown(&path),
+                Pos { line: 1, col: 1 },
+                format!("cannot read file: {e}"),
+            )),
+        }
+    }
+    sources.sort_by_key(|(k, _)| *k);
+
+    let mut project = Project::default();
+    let mut conn_files: HashMap<String, String> = HashMap::new();
+    let mut flow_files: HashMap<String, String> = HashMap::new();
+    let mut webhook_paths: HashMap<String, String> = HashMap::new();
+    for (kind, src) in &sources {
+        let node = match parse_yaml(&src.text) {
+            Ok(n) => n,
+            Err(e) => {
+                diags.push(
+                    Diagnostic::new(&src.shown, e.pos, format!("invalid YAML: {}", e.message))
+                        .hint("check indentation and quoting near here"),
+                );
+                continue;
+            }
+        };
+        match kind {
+            Kind::Connection => {
+                if let Some((conn, pos)) = compile_connection(&src.shown, &node, &mut diags) {
+                    if let Some(first) = conn_files.insert(conn.id.clone(), src.shown.clone()) {
+                        diags.push(
+                            Diagnostic::new(
+                                &src.shown,
+                                pos,
+                                format!("connection id `{}` is already used", conn.id),
+                            )
+                            .hint(format!("first defined in {first}; ids must be unique")),
+                        );
+                        continue;
+                    }
+                    project.connections.insert(conn.id.clone(), Arc::new(conn));
+                }
+            }
+            Kind::Flow => {
+                if let Some((flow, pos)) = compile_flow(
+                    &src.shown,
+                    &src.text,
+                    &node,
+                    &project.connections,
+                    &mut diags,
+                ) {
+                    if let Some(first) = flow_files.insert(flow.id.clone(), src.shown.clone()) {
+                        diags.push(
+                            Diagnostic::new(
+                                &src.shown,
+                                pos,
+                                format!("flow id `{}` is already used", flow.id),
+                            )
+                            .hint(format!("first defined in {first}; ids must be unique")),
+                        );
+                        continue;
+                    }
+                    if let Some(wh) = flow.webhook() {
+                        let key = format!("{} {}", wh.method, wh.path);
+                        if let Some(first) = webhook_paths.insert(key.clone(), src.shown.clone()) {
+                            diags.push(
+                                Diagnostic::new(
+                                    &src.shown,
+                                    wh.pos,
+                                    format!("webhook `{key}` is already taken"),
+                                )
+                                .hint(format!(
+                                    "by the flow in {first}; give each webhook its own path"
+                                )),
+                            );
+                            continue;
+                        }
+                    }
+                    project.flows.push(Arc::new(flow));
+                }
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(project)
+    } else {
+        diags.sort();
+        Err(diags)
+    }
+}
+
+/// One flow file plus the connections in `conns_dir` (for `ferry run`).
+pub fn load_files(flow: &Path, conns_dir: &Path) -> Result<Project, Diagnostics> {
+    let mut files = BTreeMap::new();
+    files.insert(flow.to_path_buf(), Kind::Flow);
+    for p in yaml_files(conns_dir) {
+        files.insert(p, Kind::Connection);
+    }
+    compile_files(files)
+}

@@ -1,0 +1,13 @@
+//! Flows and connections: YAML files → located diagnostics → compiled, runnable `Flow`s.
+//!
+//! `node` parses YAML with positions, `model` is the files as written, `load` finds files,
+//! `compile` checks everything (collecting every error) and builds the runtime types. The
+//! engine only ever sees compiled flows.
+
+pub mod compile;
+pub mod load;
+pub mod model;
+pub mod node;
+
+pub use compile::{CompiledStep, Flow, Trigger, Webhook};
+pub use load::{Project, load_project, validate_paths};

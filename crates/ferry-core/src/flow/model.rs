@@ -1,0 +1,244 @@
+//! The flow and connection files as written (`…Config` types). Doc comments are user docs:
+//! they end up in the JSON Schema under `docs/schema/`.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+use super::node::{Node, Spanned};
+
+/// A duration written as `500ms`, `10s`, `5m`, `1h 30m` (or a number of seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as `500ms`, `10s` or `5m`")
+        })? {
+            Raw::Secs(s) => Ok(Dur(Duration::from_secs(s))),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map(Dur).map_err(|e| {
+                serde::de::Error::custom(format_args!(
+                    "invalid duration `{t}` ({e}); expected e.g. `500ms`, `10s`, `5m`"
+                ))
+            }),
+        }
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration such as `500ms`, `10s`, `5m`, `1h 30m`, or a whole number of seconds.",
+            "anyOf": [{"type": "string", "pattern": "^\\s*[0-9]+\\s*[a-zµ]+(\\s*[0-9]+\\s*[a-zµ]+)*\\s*$"}, {"type": "integer", "minimum": 0}]
+        })
+    }
+}
+
+/// The top of a flow file. `trigger` and each step are checked on their own so that every
+/// error in the file is reported, not only the first.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Unique id of the flow: letters, digits, `-` and `_`.
+    pub id: Spanned<String>,
+    /// What the flow is for, for people reading it.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What starts a run: exactly one of `webhook`, `manual`.
+    pub trigger: Node,
+    /// The steps, run in order. Each has an `id` and exactly one kind key (`http`, `map`, …).
+    pub steps: Vec<Node>,
+}
+
+/// What starts a run of the flow.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerConfig {
+    /// Inbound HTTP: `POST PATH` stores the event durably, answers `202 {"run_id"}`.
+    Webhook(WebhookConfig),
+    /// Started through the API (`POST /api/v1/flows/{id}/runs`) or `ferry run`.
+    Manual(ManualConfig),
+}
+
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The URL path that receives events, e.g. `/hooks/shop/customers`.
+    pub path: Spanned<String>,
+    /// The HTTP method accepted (default `POST`).
+    #[serde(default)]
+    pub method: Option<Spanned<String>>,
+    /// An expression over the event whose value identifies duplicates, e.g.
+    /// `'{{ .event.headers["webhook-id"] }}'`. A duplicate within `dedupe_window` answers 200
+    /// with the first run's id and starts nothing.
+    #[serde(default)]
+    pub dedupe: Option<Spanned<String>>,
+    /// How long a dedupe key is remembered (default `24h`).
+    #[serde(default)]
+    pub dedupe_window: Option<Dur>,
+}
+
+#[derive(Deserialize, JsonSchema, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ManualConfig {}
+
+/// The keys every step may have, beside its kind key.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct StepCommon {
+    /// Unique within the flow; the step's result is `.steps.<id>`.
+    pub id: Spanned<String>,
+    /// Run the step only when this expression is true; otherwise it is skipped.
+    #[serde(default, rename = "if")]
+    pub when: Option<Spanned<String>>,
+    /// Retry policy for this step; overrides the connection's.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Time limit for one attempt of the step (default: the connection's, else 30s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// What a failure does to the run: `fail` (default) or `continue`.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+    /// For people reading the flow.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+pub const STEP_COMMON_KEYS: &[&str] = &["id", "if", "retry", "timeout", "on_error", "description"];
+
+/// What a step failure (after retries) does to the run.
+#[derive(Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The run stops and becomes a dead letter (default).
+    #[default]
+    Fail,
+    /// The failure is recorded as the step's result and the run goes on.
+    Continue,
+}
+
+/// How often and how fast to retry a failed attempt.
+#[derive(Deserialize, JsonSchema, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Total attempts, the first included (1 = no retry).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// `exponential` (default, with full jitter) or `fixed`.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Delay before the first retry (default 1s).
+    #[serde(default)]
+    pub initial: Option<Dur>,
+    /// Longest delay between two attempts (default 5m).
+    #[serde(default)]
+    pub max: Option<Dur>,
+    /// Also retry these HTTP statuses (by default: 408, 409, 425, 429 and 5xx).
+    #[serde(default)]
+    pub on_status: Vec<u16>,
+}
+
+#[derive(Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    Exponential,
+    Fixed,
+}
+
+/// A connection file: how to reach one external API.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Unique id; steps refer to it as `connection: <id>`.
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Base URL that step paths are appended to, e.g. `https://crm.example.com/api/v2`.
+    pub base_url: ValueSource,
+    /// Headers sent with every request. Values from `{ env: NAME }` are masked in stored runs.
+    #[serde(default)]
+    pub headers: indexmap_like::OrderedMap<ValueSource>,
+    /// Time limit for one request (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Retry policy for requests through this connection.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Largest response body accepted, in bytes (default 10 MiB).
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
+}
+
+/// A literal value, or one read from the environment at request time.
+#[derive(Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum ValueSource {
+    Literal(String),
+    Env {
+        /// Name of the environment variable.
+        env: String,
+    },
+}
+
+/// A string-keyed map that keeps the file's order (headers are sent in that order).
+pub mod indexmap_like {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+    impl<V> Default for OrderedMap<V> {
+        fn default() -> Self {
+            OrderedMap(Vec::new())
+        }
+    }
+
+    impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Vis<V>(std::marker::PhantomData<V>);
+            impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Vis<V> {
+                type Value = OrderedMap<V>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a mapping")
+                }
+                fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                    Ok(OrderedMap(Vec::new()))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<String, V>()? {
+                        out.push((k, v));
+                    }
+                    Ok(OrderedMap(out))
+                }
+            }
+            d.deserialize_map(Vis(std::marker::PhantomData))
+        }
+    }
+
+    impl<V: JsonSchema> JsonSchema for OrderedMap<V> {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            format!("Map_of_{}", V::schema_name()).into()
+        }
+        fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            let inner = generator.subschema_for::<V>();
+            schemars::json_schema!({"type": "object", "additionalProperties": inner})
+        }
+    }
+}

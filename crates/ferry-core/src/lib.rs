@@ -1,0 +1,29 @@
+//! Ferry's engine as a library; the `ferry` binary is a thin `main` over [`cli::main`].
+//!
+//! # Layout
+//!
+//! Imports run one way: `cli → server → engine → step / trigger → expr, connection → flow`,
+//! and `engine → store` (traits) ← `store::sqlite`.
+//!
+//! - [`diag`]: located diagnostics (`FILE:LINE:COL: error: …` + hint)
+//! - [`flow`]: YAML with positions → checked, compiled flows and connections
+//! - [`expr`]: jq (jaq) and `{{ }}` templates, compiled once
+//! - [`connection`]: base URL, headers, timeout, retry policy
+//! - [`step`]: step kinds (`http`, `map`, `filter`, `log`) and their registry
+//! - [`trigger`]: the event shape, webhook body parsing
+//! - [`engine`]: the dispatcher and the run executor
+//! - [`store`]: the store trait and the embedded SQLite store
+//! - [`server`]: webhooks, health, management API
+//! - [`cli`]: the `ferry` commands
+
+pub mod cli;
+pub mod connection;
+pub mod diag;
+pub mod engine;
+pub mod expr;
+pub mod flow;
+pub mod server;
+pub mod step;
+pub mod store;
+pub mod trigger;
+pub mod util;

@@ -1,0 +1,366 @@
+//! The management API under `/api/v1`: flows, runs, dead letters. `Authorization: Bearer KEY`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::store::{
+    ReplayFrom, ReplaySelect, RunDetail, RunFilter, RunStatus, RunSummary, StepRow,
+};
+use crate::util::{parse_time, rfc3339};
+
+pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/flows", get(list_flows))
+        .route("/flows/{id}/runs", post(start_run))
+        .route("/runs", get(list_runs))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/replay", post(replay_one))
+        .route("/dlq", get(list_dlq))
+        .route("/dlq/replay", post(replay_bulk))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .with_state(state)
+}
+
+/// Proof that the request carried the admin key.
+struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if bool::from(given.trim().as_bytes().ct_eq(state.admin_key.as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// JSON bodies whose errors are problem+json like the rest.
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::TooLarge(2 * 1024 * 1024))?;
+        if bytes.is_empty() {
+            return serde_json::from_value(json!({}))
+                .map(Body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+async fn list_flows(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+    let flows: Vec<Value> = state
+        .engine
+        .project
+        .flows
+        .iter()
+        .map(|f| {
+            let trigger = match f.webhook() {
+                Some(w) => json!({"kind": "webhook", "path": w.path, "method": w.method}),
+                None => json!({"kind": "manual"}),
+            };
+            json!({
+                "id": f.id,
+                "version": f.version,
+                "file": f.file,
+                "trigger": trigger,
+                "steps": f.steps.iter().map(|s| json!({"id": s.id, "kind": s.kind})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "flows": flows }))
+}
+
+async fn start_run(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(body): Body<Value>,
+) -> Result<Response, ApiError> {
+    let flow = state
+        .engine
+        .project
+        .flow(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no flow `{id}`")))?;
+    let now = state.engine.clock.now_ms();
+    let path = format!("/api/v1/flows/{id}/runs");
+    let event = crate::trigger::event(
+        body,
+        Default::default(),
+        Default::default(),
+        "POST",
+        &path,
+        now,
+    );
+    let (code, run_id) = super::webhook::ingest(&state, &flow, event, now).await?;
+    Ok((code, Json(json!({ "run_id": run_id }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    flow: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+impl ListQuery {
+    fn filter(self) -> Result<RunFilter, ApiError> {
+        let statuses = match &self.status {
+            None => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .map(|x| {
+                    RunStatus::parse(x.trim()).ok_or_else(|| {
+                        ApiError::BadRequest(format!("unknown status `{x}`; expected queued, running, succeeded, failed or dead"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let time = |v: &Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
+            v.as_deref()
+                .map(|s| {
+                    parse_time(s).ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "invalid `{name}` `{s}`; expected RFC 3339, e.g. 2026-11-25T08:00:00Z"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        Ok(RunFilter {
+            since_ms: time(&self.since, "since")?,
+            until_ms: time(&self.until, "until")?,
+            flow: self.flow,
+            statuses,
+            before: self.before,
+            limit: self.limit.unwrap_or(50).clamp(1, 1000),
+        })
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+pub(crate) fn summary_json(s: &RunSummary) -> Value {
+    json!({
+        "id": s.id,
+        "flow": s.flow,
+        "flow_version": s.flow_version,
+        "status": s.status,
+        "attempt": s.attempt,
+        "created_at": rfc3339(s.created_at_ms),
+        "updated_at": rfc3339(s.updated_at_ms),
+        "error": s.error,
+    })
+}
+
+fn step_json(r: &StepRow) -> Value {
+    let mut o = json!({
+        "id": r.path,
+        "status": r.status,
+        "attempts": r.attempts,
+        "started_at": rfc3339(r.started_at_ms),
+        "finished_at": rfc3339(r.finished_at_ms),
+    });
+    if let Some(e) = &r.error {
+        o["error"] = e.clone();
+    }
+    if r.error.is_none() || r.output.is_some() {
+        o["output"] = r.output.clone().unwrap_or(Value::Null);
+    }
+    if let Some(req) = &r.request {
+        o["request"] = req.clone();
+    }
+    if let Some(resp) = &r.response {
+        o["response"] = resp.clone();
+    }
+    o
+}
+
+pub(crate) fn run_json(d: &RunDetail) -> Value {
+    let mut o = summary_json(&d.summary);
+    o["event"] = d.event.clone();
+    o["steps"] = Value::Array(d.steps.iter().map(step_json).collect());
+    o
+}
+
+async fn list_runs(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = query(q)?.filter()?;
+    let limit = filter.limit as usize;
+    let runs = state.engine.store.list_runs(filter).await?;
+    let next = if runs.len() == limit {
+        runs.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "runs": runs.iter().map(summary_json).collect::<Vec<_>>(), "next": next }),
+    ))
+}
+
+async fn list_dlq(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut filter = query(q)?.filter()?;
+    filter
+        .statuses
+        .retain(|s| matches!(s, RunStatus::Failed | RunStatus::Dead));
+    if filter.statuses.is_empty() {
+        filter.statuses = vec![RunStatus::Failed, RunStatus::Dead];
+    }
+    let limit = filter.limit as usize;
+    let runs = state.engine.store.list_runs(filter).await?;
+    let next = if runs.len() == limit {
+        runs.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "runs": runs.iter().map(summary_json).collect::<Vec<_>>(), "next": next }),
+    ))
+}
+
+async fn get_run(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.engine.store.get_run(&id).await? {
+        Some(d) => Ok(Json(run_json(&d))),
+        None => Err(ApiError::NotFound(format!("no run `{id}`"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    flow: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+fn replay_from(s: Option<&str>) -> Result<ReplayFrom, ApiError> {
+    match s.unwrap_or("failed") {
+        "failed" => Ok(ReplayFrom::Failed),
+        "start" => Ok(ReplayFrom::Start),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown `from` `{other}`; expected `failed` or `start`"
+        ))),
+    }
+}
+
+async fn replay_one(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(b): Body<ReplayBody>,
+) -> Result<Response, ApiError> {
+    let from = replay_from(b.from.as_deref())?;
+    let ids = state
+        .engine
+        .store
+        .replay(
+            ReplaySelect::One(id.clone()),
+            from,
+            state.engine.clock.now_ms(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(m) if m.starts_with("no run") => {
+                ApiError::NotFound(m)
+            }
+            other => other.into(),
+        })?;
+    state.engine.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "replayed": ids.len(), "run_ids": ids })),
+    )
+        .into_response())
+}
+
+async fn replay_bulk(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Body(b): Body<ReplayBody>,
+) -> Result<Response, ApiError> {
+    let from = replay_from(b.from.as_deref())?;
+    let filter = ListQuery {
+        flow: b.flow,
+        status: None,
+        since: b.since,
+        until: b.until,
+        before: None,
+        limit: None,
+    }
+    .filter()?;
+    let filter = RunFilter {
+        limit: b.limit.unwrap_or(10_000),
+        ..filter
+    };
+    let ids = state
+        .engine
+        .store
+        .replay(
+            ReplaySelect::Matching(filter),
+            from,
+            state.engine.clock.now_ms(),
+        )
+        .await?;
+    state.engine.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "replayed": ids.len(), "run_ids": ids })),
+    )
+        .into_response())
+}

@@ -1,0 +1,110 @@
+//! The HTTP server: inbound webhooks, `/healthz`, `/readyz`, and the management API.
+//!
+//! Turns HTTP into engine and store calls and errors into problem+json; no business rule
+//! lives in a handler.
+
+mod api;
+mod problem;
+mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use api::run_json;
+pub use problem::ApiError;
+
+use crate::engine::Engine;
+use crate::flow::Flow;
+
+/// Paths Ferry serves itself; no webhook may take them.
+pub const RESERVED_PREFIXES: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/dashboard"];
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub admin_key: String,
+    pub limits: Limits,
+    /// Webhook path → flows by method.
+    hooks: HashMap<String, Vec<Arc<Flow>>>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, admin_key: String, limits: Limits) -> Arc<AppState> {
+        let mut hooks: HashMap<String, Vec<Arc<Flow>>> = HashMap::new();
+        for flow in &engine.project.flows {
+            if let Some(w) = flow.webhook() {
+                hooks.entry(w.path.clone()).or_default().push(flow.clone());
+            }
+        }
+        Arc::new(AppState {
+            engine,
+            admin_key,
+            limits,
+            hooks,
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api::router(state.clone()))
+        .fallback(webhook::receive)
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    state
+        .engine
+        .store
+        .ping()
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ready"})),
+    ))
+}
+
+/// Serves until `shutdown`, then stops accepting and lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,250 @@
+//! The store: runs (with their event and queue position), step results, dedupe keys.
+//!
+//! Knows rows and transactions, not HTTP, jq or YAML. The queue lives in the same database as
+//! the state, so "stored" and "queued" are one transaction, and a claim is a lease with an
+//! expiry: a node that dies leaves leases that run out, and its runs are claimed again.
+//! One narrow trait, so that PostgreSQL is an addition, not a rewrite.
+
+pub mod sqlite;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    /// The write queue is full: the caller should shed load (HTTP 429).
+    #[error("the store is overloaded; try again shortly")]
+    Overloaded,
+    #[error("the store is shut down")]
+    Closed,
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "dead" => RunStatus::Dead,
+            _ => return None,
+        })
+    }
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Dead
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+    /// Failed an attempt; the run waits for the next one.
+    Retrying,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Retrying => "retrying",
+        }
+    }
+    pub fn parse(s: &str) -> StepStatus {
+        match s {
+            "succeeded" => StepStatus::Succeeded,
+            "skipped" => StepStatus::Skipped,
+            "retrying" => StepStatus::Retrying,
+            _ => StepStatus::Failed,
+        }
+    }
+}
+
+/// An event to store and queue as a new run.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub flow: String,
+    pub flow_version: String,
+    pub event: String,
+    pub dedupe: Option<Dedupe>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    pub key: String,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Created(String),
+    /// Same dedupe key within the window: the first run's id.
+    Duplicate(String),
+}
+
+/// One step's record in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub path: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub output: Option<Json>,
+    pub error: Option<Json>,
+    pub request: Option<Json>,
+    pub response: Option<Json>,
+}
+
+/// A run handed to a worker under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub id: String,
+    pub flow: String,
+    pub attempt: u32,
+    pub event: Json,
+    pub steps: Vec<StepRow>,
+}
+
+/// What a step write does to its run.
+#[derive(Debug, Clone)]
+pub enum RunUpdate {
+    /// Keep going (the lease is kept).
+    Continue,
+    /// Wait: back to the queue until `next_at_ms`, lease released.
+    Retry { next_at_ms: i64 },
+    /// Done.
+    Finish {
+        status: RunStatus,
+        error: Option<Json>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    pub run_id: String,
+    pub owner: String,
+    pub rows: Vec<StepRow>,
+    pub update: RunUpdate,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub flow: String,
+    pub flow_version: String,
+    pub status: RunStatus,
+    pub attempt: u32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub error: Option<Json>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunDetail {
+    pub summary: RunSummary,
+    pub event: Json,
+    pub steps: Vec<StepRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub flow: Option<String>,
+    pub statuses: Vec<RunStatus>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only runs whose id sorts before this one (ids are time-ordered): the next page.
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// Keep the steps that succeeded; run the failed one and the rest again.
+    Failed,
+    /// Forget every step result and run the whole flow again.
+    Start,
+}
+
+/// Which dead letters to replay: one run, or every failed/dead run matching a filter.
+#[derive(Debug, Clone)]
+pub enum ReplaySelect {
+    One(String),
+    Matching(RunFilter),
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Stores an event as a queued run, durably, before returning.
+    fn ingest(&self, run: NewRun) -> BoxFuture<'_, Result<Ingested>>;
+    /// Leases up to `limit` runs that are due (or whose lease ran out).
+    fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedRun>>>;
+    /// Persists step results and the run's next state, in one transaction.
+    fn write_step(&self, write: StepWrite) -> BoxFuture<'_, Result<()>>;
+    /// Extends the leases `owner` holds.
+    fn renew_leases(&self, owner: &str, until_ms: i64) -> BoxFuture<'_, Result<()>>;
+    /// Puts runs `owner` still holds back in the queue (graceful shutdown).
+    fn release(&self, owner: &str, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
+    /// Earliest time a queued run becomes due.
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>>>;
+    fn get_run(&self, id: &str) -> BoxFuture<'_, Result<Option<RunDetail>>>;
+    fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunSummary>>>;
+    /// Requeues failed/dead runs; returns the ids requeued.
+    fn replay(
+        &self,
+        select: ReplaySelect,
+        from: ReplayFrom,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<String>>>;
+    /// Forgets dedupe keys whose window has passed.
+    fn purge_dedupe(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
+    /// A cheap read that proves the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<()>>;
+}

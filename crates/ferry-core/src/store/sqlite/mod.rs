@@ -1,0 +1,711 @@
+//! The embedded store: one SQLite file in WAL mode, `synchronous=FULL`.
+//!
+//! One writer thread owns the only write connection and drains its queue into one
+//! transaction per batch ("group commit"): concurrent webhooks share one fsync, which is what
+//! makes durable ingest fast (per-event fsync caps out at a few thousand per second). Every
+//! caller waits for the COMMIT of its batch before it is answered, so a 202 always follows a
+//! durable write. Reads use a small pool of read-only connections, which WAL lets run beside
+//! the writer.
+//!
+//! The data folder is locked (an OS file lock) so two processes never share one SQLite file:
+//! that makes "every lease in this file is ours" true at start, and crash recovery is then
+//! simply "requeue what was running".
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// Most commands committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Commands waiting for the writer before ingest sheds load.
+const QUEUE_DEPTH: usize = 16_384;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+pub struct SqliteStore {
+    tx: mpsc::Sender<Cmd>,
+    path: PathBuf,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    _lock: File,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+/// Answers one command once the batch's COMMIT is known (with its error, if it failed).
+type AfterCommit = dyn FnOnce(Option<&StoreError>);
+
+enum Cmd {
+    Ingest(NewRun, Reply<Ingested>),
+    Claim {
+        owner: String,
+        limit: usize,
+        lease_until: i64,
+        now: i64,
+        reply: Reply<Vec<ClaimedRun>>,
+    },
+    WriteStep(StepWrite, Reply<()>),
+    Renew {
+        owner: String,
+        until: i64,
+        reply: Reply<()>,
+    },
+    Release {
+        owner: String,
+        now: i64,
+        reply: Reply<u64>,
+    },
+    Replay {
+        select: ReplaySelect,
+        from: ReplayFrom,
+        now: i64,
+        reply: Reply<Vec<String>>,
+    },
+    PurgeDedupe {
+        now: i64,
+        reply: Reply<u64>,
+    },
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `DIR/ferry.db`, migrates it, and requeues runs that a
+    /// previous process left running.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Db(format!(
+                "cannot create data folder `{}`: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock = File::create(dir.join("ferry.lock"))
+            .map_err(|e| StoreError::Db(format!("cannot create lock file: {e}")))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Conflict(format!(
+                "data folder `{}` is in use by another ferry process",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("ferry.db");
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        let requeued = conn.execute(
+            "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL WHERE status = 'running'",
+            [],
+        )?;
+        if requeued > 0 {
+            tracing::info!(
+                runs = requeued,
+                "requeued runs left running by the previous process"
+            );
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("ferry-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            tx,
+            path,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            _lock: lock,
+        })
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Cmd,
+        shed: bool,
+    ) -> BoxFuture<'_, Result<T>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = make(reply);
+        async move {
+            if shed {
+                self.tx.try_send(cmd).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                    mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+                })?;
+            } else {
+                self.tx.send(cmd).await.map_err(|_| StoreError::Closed)?;
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T>> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = readers.lock().expect("reader pool").pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => {
+                        let c = Connection::open_with_flags(
+                            &path,
+                            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                        )?;
+                        c.busy_timeout(std::time::Duration::from_secs(5))?;
+                        c
+                    }
+                };
+                let out = f(&conn);
+                let mut pool = readers.lock().expect("reader pool");
+                if pool.len() < 8 {
+                    pool.push(conn);
+                }
+                out
+            })
+            .await
+            .map_err(|e| StoreError::Db(format!("reader crashed: {e}")))?
+        }
+        .boxed()
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Db(format!(
+            "the data folder was written by a newer ferry (schema {current}, this build knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [i as i64 + 1],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>) {
+    let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut batch);
+    }
+}
+
+/// Applies a batch in one transaction; each command in its own savepoint so that one
+/// failing command fails alone. Replies go out only after COMMIT.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Cmd>) {
+    let mut replies: Vec<Box<AfterCommit>> = Vec::with_capacity(batch.len());
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let err = StoreError::from(e);
+            for cmd in batch.drain(..) {
+                fail(cmd, &err);
+            }
+            return;
+        }
+    };
+    for cmd in batch.drain(..) {
+        macro_rules! apply {
+            ($reply:expr, $body:expr) => {{
+                let r = savepoint(&tx, |c| $body(c));
+                let reply = $reply;
+                replies.push(Box::new(move |commit_err: Option<&StoreError>| {
+                    let _ = reply.send(match commit_err {
+                        Some(e) => Err(StoreError::Db(e.to_string())),
+                        None => r,
+                    });
+                }));
+            }};
+        }
+        match cmd {
+            Cmd::Ingest(run, reply) => apply!(reply, |c: &Connection| ingest(c, &run)),
+            Cmd::Claim {
+                owner,
+                limit,
+                lease_until,
+                now,
+                reply,
+            } => {
+                apply!(reply, |c: &Connection| claim(
+                    c,
+                    &owner,
+                    limit,
+                    lease_until,
+                    now
+                ))
+            }
+            Cmd::WriteStep(w, reply) => apply!(reply, |c: &Connection| write_step(c, &w)),
+            Cmd::Renew {
+                owner,
+                until,
+                reply,
+            } => apply!(reply, |c: &Connection| {
+                c.execute("UPDATE runs SET lease_until = ?2 WHERE lease_owner = ?1 AND status = 'running'", params![owner, until])?;
+                Ok(())
+            }),
+            Cmd::Release { owner, now, reply } => apply!(reply, |c: &Connection| {
+                let n = c.execute(
+                    "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL, next_at = ?2, updated_at = ?2
+                     WHERE lease_owner = ?1 AND status = 'running'",
+                    params![owner, now],
+                )?;
+                Ok(n as u64)
+            }),
+            Cmd::Replay {
+                select,
+                from,
+                now,
+                reply,
+            } => apply!(reply, |c: &Connection| replay(c, &select, from, now)),
+            Cmd::PurgeDedupe { now, reply } => apply!(reply, |c: &Connection| {
+                Ok(c.execute("DELETE FROM dedupe WHERE expires_at <= ?1", [now])? as u64)
+            }),
+        }
+    }
+    let commit = tx.commit().err().map(StoreError::from);
+    if let Some(e) = &commit {
+        tracing::error!(error = %e, "commit failed; the batch is answered with an error");
+    }
+    for reply in replies {
+        reply(commit.as_ref());
+    }
+}
+
+fn fail(cmd: Cmd, err: &StoreError) {
+    let e = || StoreError::Db(err.to_string());
+    let _ = match cmd {
+        Cmd::Ingest(_, r) => r.send(Err(e())).is_ok(),
+        Cmd::Claim { reply, .. } => reply.send(Err(e())).is_ok(),
+        Cmd::WriteStep(_, r) => r.send(Err(e())).is_ok(),
+        Cmd::Renew { reply, .. } => reply.send(Err(e())).is_ok(),
+        Cmd::Release { reply, .. } => reply.send(Err(e())).is_ok(),
+        Cmd::Replay { reply, .. } => reply.send(Err(e())).is_ok(),
+        Cmd::PurgeDedupe { reply, .. } => reply.send(Err(e())).is_ok(),
+    };
+}
+
+fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT cmd")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE cmd")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+            Err(e)
+        }
+    }
+}
+
+fn ingest(c: &Connection, run: &NewRun) -> Result<Ingested> {
+    if let Some(d) = &run.dedupe {
+        let existing: Option<String> = c
+            .prepare_cached(
+                "SELECT run_id FROM dedupe WHERE flow = ?1 AND key = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![run.flow, d.key, run.now_ms], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Ingested::Duplicate(id));
+        }
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO dedupe (flow, key, run_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![run.flow, d.key, run.id, d.expires_at_ms])?;
+    }
+    c.prepare_cached(
+        "INSERT INTO runs (id, flow, flow_version, status, attempt, event, created_at, updated_at, next_at)
+         VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?5, ?5, ?5)",
+    )?
+    .execute(params![run.id, run.flow, run.flow_version, run.event, run.now_ms])?;
+    Ok(Ingested::Created(run.id.clone()))
+}
+
+fn claim(
+    c: &Connection,
+    owner: &str,
+    limit: usize,
+    lease_until: i64,
+    now: i64,
+) -> Result<Vec<ClaimedRun>> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3
+         WHERE id IN (
+            SELECT id FROM runs WHERE status = 'queued' AND next_at <= ?3
+            UNION ALL
+            SELECT id FROM runs WHERE status = 'running' AND lease_until < ?3
+            LIMIT ?4)
+         RETURNING id, flow, attempt, event",
+    )?;
+    let rows = stmt.query_map(params![owner, lease_until, now, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, flow, attempt, event) = row?;
+        out.push(ClaimedRun {
+            id,
+            flow,
+            attempt,
+            event: serde_json::from_str(&event).unwrap_or(Json::Null),
+            steps: Vec::new(),
+        });
+    }
+    drop(stmt);
+    for run in &mut out {
+        run.steps = load_steps(c, &run.id)?;
+    }
+    Ok(out)
+}
+
+fn load_steps(c: &Connection, run_id: &str) -> Result<Vec<StepRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT path, status, attempts, started_at, finished_at, output, error, request, response
+         FROM steps WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([run_id], |r| {
+        let json = |i: usize| -> rusqlite::Result<Option<Json>> {
+            Ok(r.get::<_, Option<String>>(i)?
+                .and_then(|s| serde_json::from_str(&s).ok()))
+        };
+        Ok(StepRow {
+            path: r.get(0)?,
+            status: StepStatus::parse(&r.get::<_, String>(1)?),
+            attempts: r.get(2)?,
+            started_at_ms: r.get(3)?,
+            finished_at_ms: r.get(4)?,
+            output: json(5)?,
+            error: json(6)?,
+            request: json(7)?,
+            response: json(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn write_step(c: &Connection, w: &StepWrite) -> Result<()> {
+    // A write from a worker that lost its lease (it ran past expiry and another node took
+    // the run) must not land: the new owner's results win.
+    let owned: Option<String> = c
+        .prepare_cached("SELECT lease_owner FROM runs WHERE id = ?1 AND status = 'running'")?
+        .query_row([&w.run_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    if owned.as_deref() != Some(w.owner.as_str()) {
+        return Err(StoreError::Conflict(format!(
+            "run `{}` is no longer leased by this worker",
+            w.run_id
+        )));
+    }
+    let text = |v: &Option<Json>| v.as_ref().map(|j| j.to_string());
+    for row in &w.rows {
+        c.prepare_cached(
+            "INSERT INTO steps (run_id, path, seq, status, attempts, started_at, finished_at, output, error, request, response)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+               started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
+               error = excluded.error, request = excluded.request, response = excluded.response",
+        )?
+        .execute(params![
+            w.run_id,
+            row.path,
+            row.status.as_str(),
+            row.attempts,
+            row.started_at_ms,
+            row.finished_at_ms,
+            text(&row.output),
+            text(&row.error),
+            text(&row.request),
+            text(&row.response)
+        ])?;
+    }
+    match &w.update {
+        RunUpdate::Continue => {}
+        RunUpdate::Retry { next_at_ms } => {
+            c.prepare_cached(
+                "UPDATE runs SET status = 'queued', next_at = ?2, updated_at = ?3, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+            )?
+            .execute(params![w.run_id, next_at_ms, w.now_ms])?;
+        }
+        RunUpdate::Finish { status, error } => {
+            c.prepare_cached(
+                "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+            )?
+            .execute(params![w.run_id, status.as_str(), text(error), w.now_ms])?;
+        }
+    }
+    Ok(())
+}
+
+fn filter_sql(f: &RunFilter, dead_only: bool) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<V> = Vec::new();
+    if let Some(flow) = &f.flow {
+        args.push(V::Text(flow.clone()));
+        clauses.push(format!("flow = ?{}", args.len()));
+    }
+    let statuses: Vec<RunStatus> = if dead_only {
+        vec![RunStatus::Failed, RunStatus::Dead]
+            .into_iter()
+            .filter(|s| f.statuses.is_empty() || f.statuses.contains(s))
+            .collect()
+    } else {
+        f.statuses.clone()
+    };
+    if !statuses.is_empty() || dead_only {
+        let list = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        clauses.push(format!(
+            "status IN ({})",
+            if list.is_empty() { "''".into() } else { list }
+        ));
+    }
+    if let Some(s) = f.since_ms {
+        args.push(V::Integer(s));
+        clauses.push(format!("created_at >= ?{}", args.len()));
+    }
+    if let Some(u) = f.until_ms {
+        args.push(V::Integer(u));
+        clauses.push(format!("created_at < ?{}", args.len()));
+    }
+    if let Some(b) = &f.before {
+        args.push(V::Text(b.clone()));
+        clauses.push(format!("id < ?{}", args.len()));
+    }
+    let wh = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (wh, args)
+}
+
+fn replay(
+    c: &Connection,
+    select: &ReplaySelect,
+    from: ReplayFrom,
+    now: i64,
+) -> Result<Vec<String>> {
+    let ids: Vec<String> = match select {
+        ReplaySelect::One(id) => {
+            let status: Option<String> = c
+                .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            match status.as_deref() {
+                None => return Err(StoreError::Conflict(format!("no run `{id}`"))),
+                Some("failed" | "dead") => vec![id.clone()],
+                Some(other) => {
+                    return Err(StoreError::Conflict(format!(
+                        "run `{id}` is {other}; only failed or dead runs can be replayed"
+                    )));
+                }
+            }
+        }
+        ReplaySelect::Matching(f) => {
+            let (wh, args) = filter_sql(f, true);
+            let limit = if f.limit == 0 { 10_000 } else { f.limit };
+            let sql = format!("SELECT id FROM runs {wh} ORDER BY id LIMIT {limit}");
+            let mut stmt = c.prepare(&sql)?;
+            let rows =
+                stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        }
+    };
+    for id in &ids {
+        match from {
+            ReplayFrom::Failed => {
+                c.execute(
+                    "DELETE FROM steps WHERE run_id = ?1 AND status IN ('failed', 'retrying')",
+                    [id],
+                )?;
+            }
+            ReplayFrom::Start => {
+                c.execute("DELETE FROM steps WHERE run_id = ?1", [id])?;
+            }
+        }
+        c.execute(
+            "UPDATE runs SET status = 'queued', attempt = attempt + 1, error = NULL, next_at = ?2, updated_at = ?2,
+             lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+            params![id, now],
+        )?;
+    }
+    Ok(ids)
+}
+
+fn summary(r: &rusqlite::Row) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        id: r.get(0)?,
+        flow: r.get(1)?,
+        flow_version: r.get(2)?,
+        status: RunStatus::parse(&r.get::<_, String>(3)?).unwrap_or(RunStatus::Failed),
+        attempt: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        updated_at_ms: r.get(6)?,
+        error: r
+            .get::<_, Option<String>>(7)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+    })
+}
+
+const SUMMARY_COLS: &str = "id, flow, flow_version, status, attempt, created_at, updated_at, error";
+
+impl Store for SqliteStore {
+    fn ingest(&self, run: NewRun) -> BoxFuture<'_, Result<Ingested>> {
+        self.send(|r| Cmd::Ingest(run, r), true)
+    }
+
+    fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedRun>>> {
+        let owner = owner.to_owned();
+        self.send(
+            move |reply| Cmd::Claim {
+                owner,
+                limit,
+                lease_until: now_ms + lease_ms,
+                now: now_ms,
+                reply,
+            },
+            false,
+        )
+    }
+
+    fn write_step(&self, write: StepWrite) -> BoxFuture<'_, Result<()>> {
+        self.send(|r| Cmd::WriteStep(write, r), false)
+    }
+
+    fn renew_leases(&self, owner: &str, until_ms: i64) -> BoxFuture<'_, Result<()>> {
+        let owner = owner.to_owned();
+        self.send(
+            move |reply| Cmd::Renew {
+                owner,
+                until: until_ms,
+                reply,
+            },
+            false,
+        )
+    }
+
+    fn release(&self, owner: &str, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        let owner = owner.to_owned();
+        self.send(
+            move |reply| Cmd::Release {
+                owner,
+                now: now_ms,
+                reply,
+            },
+            false,
+        )
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_at) FROM runs WHERE status = 'queued'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn get_run(&self, id: &str) -> BoxFuture<'_, Result<Option<RunDetail>>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    &format!("SELECT {SUMMARY_COLS}, event FROM runs WHERE id = ?1"),
+                    [&id],
+                    |r| Ok((summary(r)?, r.get::<_, String>(8)?)),
+                )
+                .optional()?;
+            let Some((summary, event)) = row else {
+                return Ok(None);
+            };
+            let steps = load_steps(c, &id)?;
+            Ok(Some(RunDetail {
+                summary,
+                event: serde_json::from_str(&event).unwrap_or(Json::Null),
+                steps,
+            }))
+        })
+    }
+
+    fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunSummary>>> {
+        self.read(move |c| {
+            let (wh, args) = filter_sql(&filter, false);
+            let limit = filter.limit.clamp(1, 1000);
+            let sql =
+                format!("SELECT {SUMMARY_COLS} FROM runs {wh} ORDER BY id DESC LIMIT {limit}");
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), summary)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn replay(
+        &self,
+        select: ReplaySelect,
+        from: ReplayFrom,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.send(
+            move |reply| Cmd::Replay {
+                select,
+                from,
+                now: now_ms,
+                reply,
+            },
+            false,
+        )
+    }
+
+    fn purge_dedupe(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        self.send(move |reply| Cmd::PurgeDedupe { now: now_ms, reply }, false)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}

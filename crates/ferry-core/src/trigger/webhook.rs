@@ -1,0 +1,174 @@
+//! Inbound webhook bodies: content types, size and nesting limits, and the stored headers.
+//!
+//! Does not know HTTP servers: it takes bytes and header values and says what the event body
+//! is, or why not (each reason maps to one 4xx in `server`).
+
+use serde_json::{Map, Value as Json};
+
+/// Header names whose values are masked before an event is stored.
+pub const MASKED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("JSON nested deeper than {0} levels")]
+    TooDeep(usize),
+    #[error(
+        "unsupported content type `{0}`; expected `application/json`, `application/x-www-form-urlencoded` or `text/*`"
+    )]
+    UnsupportedMediaType(String),
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Parses a request body by its content type.
+pub fn parse_body(
+    content_type: Option<&str>,
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<Json, BodyError> {
+    let ct = content_type.map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match ct.as_deref() {
+        None | Some("") if bytes.is_empty() => Ok(Json::Null),
+        Some("application/json") => parse_json(bytes, max_depth),
+        Some(c) if c.ends_with("+json") => parse_json(bytes, max_depth),
+        Some("application/x-www-form-urlencoded") => Ok(Json::Object(form_object(bytes))),
+        Some(c) if c.starts_with("text/") => std::str::from_utf8(bytes)
+            .map(|s| Json::String(s.to_owned()))
+            .map_err(|_| BodyError::NotUtf8),
+        None | Some("") => Err(BodyError::UnsupportedMediaType("(none)".into())),
+        Some(other) => Err(BodyError::UnsupportedMediaType(other.to_owned())),
+    }
+}
+
+/// JSON with a nesting limit checked before parsing, so a hostile body cannot exhaust the
+/// stack or allocate deep trees.
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Json, BodyError> {
+    let depth = json_depth(bytes);
+    if depth > max_depth {
+        return Err(BodyError::TooDeep(max_depth));
+    }
+    serde_json::from_slice(bytes).map_err(|e| BodyError::MalformedJson(e.to_string()))
+}
+
+/// Deepest nesting of `[`/`{` outside strings (an upper bound for invalid input).
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// `a=1&b=2&b=3` → `{"a": "1", "b": ["2", "3"]}`.
+pub fn form_object(bytes: &[u8]) -> Map<String, Json> {
+    let mut out = Map::new();
+    for (k, v) in url::form_urlencoded::parse(bytes) {
+        let v = Json::String(v.into_owned());
+        match out.get_mut(k.as_ref()) {
+            Some(Json::Array(items)) => items.push(v),
+            Some(prev) => {
+                let first = prev.take();
+                *prev = Json::Array(vec![first, v]);
+            }
+            None => {
+                out.insert(k.into_owned(), v);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_parse_by_content_type() {
+        assert_eq!(
+            parse_body(Some("application/json; charset=utf-8"), br#"{"a":1}"#, 8).unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            parse_body(
+                Some("application/x-www-form-urlencoded"),
+                b"a=1&b=x+y&b=z",
+                8
+            )
+            .unwrap(),
+            json!({"a": "1", "b": ["x y", "z"]})
+        );
+        assert_eq!(
+            parse_body(Some("text/plain"), b"hi", 8).unwrap(),
+            json!("hi")
+        );
+        assert_eq!(parse_body(None, b"", 8).unwrap(), json!(null));
+        assert_eq!(
+            parse_body(Some("image/png"), b"x", 8).unwrap_err(),
+            BodyError::UnsupportedMediaType("image/png".into())
+        );
+        assert!(matches!(
+            parse_body(Some("application/json"), b"{\"a\":", 8),
+            Err(BodyError::MalformedJson(_))
+        ));
+        assert_eq!(
+            parse_body(Some("application/json"), b"[[[[1]]]]", 3).unwrap_err(),
+            BodyError::TooDeep(3)
+        );
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count_as_depth() {
+        assert_eq!(json_depth(br#"{"a": "[[[[\"[["}"#), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_parsed_or_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_body(Some("application/json"), &bytes, 16);
+            let _ = parse_body(Some("application/x-www-form-urlencoded"), &bytes, 16);
+            let _ = parse_body(Some("text/plain"), &bytes, 16);
+        }
+
+        #[test]
+        fn depth_check_matches_real_nesting(depth in 1usize..100) {
+            let doc = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            prop_assert_eq!(json_depth(doc.as_bytes()), depth);
+            prop_assert_eq!(parse_json(doc.as_bytes(), 64).is_ok(), depth <= 64);
+        }
+    }
+}
