@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `ferry` binary, over HTTP, against a local recording receiver.
+
+mod cli;
+mod crash;
+mod harness;
+mod retries;
+mod webhook;

@@ -1,0 +1,354 @@
+//! The webhook contract of SPEC §12 and the http step's outbound headers.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Ferry, Project, Receiver};
+
+const CONN: &str = "id: crm\nbase_url: '@RECEIVER@/api'\nheaders:\n  X-Tenant: acme\ntimeout: 5s\n";
+
+const FLOW: &str = r#"
+id: signup
+trigger:
+  webhook:
+    path: /hooks/signup
+    dedupe: '{{ .event.headers["webhook-id"] }}'
+steps:
+  - id: customer
+    map:
+      email: '{{ .event.body.email | ascii_downcase }}'
+      name: '{{ .event.body.first + " " + .event.body.last }}'
+  - id: vip-only
+    filter: '{{ .event.body.vip != false }}'
+  - id: contact
+    http:
+      connection: crm
+      method: POST
+      path: /contacts
+      query: { source: web }
+      headers: { Authorization: 'Bearer not-stored' }
+      body: { email: '{{ .steps.customer.email }}', name: '{{ .steps.customer.name }}' }
+  - id: note
+    log: 'created {{ .steps.contact.body.ok }}'
+"#;
+
+async fn setup() -> (Receiver, Project, Ferry) {
+    setup_with(&[]).await
+}
+
+async fn setup_with(args: &[&str]) -> (Receiver, Project, Ferry) {
+    let receiver = Receiver::start().await;
+    let project = Project::new(
+        &[("connections/crm.yaml", CONN), ("flows/signup.yaml", FLOW)],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_with(&project, args);
+    (receiver, project, ferry)
+}
+
+#[tokio::test]
+async fn webhook_event_is_acknowledged_then_mapped_and_posted() {
+    let (receiver, _p, ferry) = setup().await;
+    let resp = ferry
+        .post_json(
+            "/hooks/signup",
+            &json!({"email": "Ada@Example.COM", "first": "Ada", "last": "Lovelace"}),
+            &[("webhook-id", "w1")],
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let run_id = body["run_id"].as_str().expect("run_id").to_owned();
+
+    let run = ferry.wait_final(&run_id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["flow"], "signup");
+    assert_eq!(run["attempt"], 1);
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["customer", "vip-only", "contact", "note"]
+    );
+    assert_eq!(
+        steps[0]["output"],
+        json!({"email": "ada@example.com", "name": "Ada Lovelace"})
+    );
+    assert_eq!(steps[2]["output"]["status"], 200);
+    assert_eq!(steps[2]["output"]["body"], json!({"ok": true}));
+    assert_eq!(steps[3]["output"], "created true");
+    for s in steps {
+        assert_eq!(s["status"], "succeeded");
+        assert_eq!(s["attempts"], 1);
+        assert!(s["started_at"].as_str().unwrap().ends_with('Z'));
+    }
+    // The stored request masks the Authorization header.
+    assert_eq!(steps[2]["request"]["headers"]["authorization"], "***");
+    assert!(!run.to_string().contains("not-stored"));
+
+    let got = receiver
+        .wait_for("/api/contacts", 1, Duration::from_secs(5))
+        .await;
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.json(),
+        json!({"email": "ada@example.com", "name": "Ada Lovelace"})
+    );
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("x-tenant"), "acme");
+    assert_eq!(r.header("authorization"), "Bearer not-stored");
+    assert_eq!(r.header("idempotency-key"), format!("{run_id}:contact"));
+    assert_eq!(
+        r.header("user-agent"),
+        concat!("ferry/", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn duplicate_delivery_returns_first_run_id() {
+    let (receiver, _p, ferry) = setup().await;
+    let body = json!({"email": "a@b.c", "first": "A", "last": "B"});
+    let first: Value = ferry
+        .post_json("/hooks/signup", &body, &[("webhook-id", "same")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = ferry
+        .post_json("/hooks/signup", &body, &[("webhook-id", "same")])
+        .await;
+    assert_eq!(resp.status(), 200);
+    let second: Value = resp.json().await.unwrap();
+    assert_eq!(first["run_id"], second["run_id"]);
+    let other = ferry
+        .post_json("/hooks/signup", &body, &[("webhook-id", "different")])
+        .await;
+    assert_eq!(other.status(), 202);
+    let other: Value = other.json().await.unwrap();
+    ferry
+        .wait_final(other["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    ferry
+        .wait_final(first["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(receiver.requests_to("/api/contacts").len(), 2);
+}
+
+#[tokio::test]
+async fn filter_that_fails_ends_the_run_as_succeeded_without_calling_out() {
+    let (receiver, _p, ferry) = setup().await;
+    let v: Value = ferry
+        .post_json(
+            "/hooks/signup",
+            &json!({"email": "x@y.z", "first": "X", "last": "Y", "vip": false}),
+            &[],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let run = ferry
+        .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{run:#}");
+    assert_eq!(steps[1]["output"], json!({"passed": false}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.requests().is_empty());
+}
+
+async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], status);
+    assert!(
+        v["title"].is_string() && v["detail"].is_string() && v["type"].is_string(),
+        "{v}"
+    );
+    v
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
+    let (receiver, _p, ferry) = setup_with(&["--max-body", "65536", "--max-depth", "32"]).await;
+    let v = problem(
+        ferry
+            .post("/hooks/signup", "application/json", "{\"email\": ", &[])
+            .await,
+        400,
+    )
+    .await;
+    assert!(
+        v["detail"].as_str().unwrap().starts_with("malformed JSON"),
+        "{v}"
+    );
+
+    let v = problem(
+        ferry
+            .post("/hooks/signup", "application/pdf", "%PDF", &[])
+            .await,
+        415,
+    )
+    .await;
+    assert!(v["detail"].as_str().unwrap().contains("application/pdf"));
+
+    let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
+    let v = problem(
+        ferry
+            .post("/hooks/signup", "application/json", deep, &[])
+            .await,
+        400,
+    )
+    .await;
+    assert!(
+        v["detail"].as_str().unwrap().contains("nested deeper"),
+        "{v}"
+    );
+
+    let big = format!("{{\"x\": \"{}\"}}", "a".repeat(100 * 1024));
+    problem(
+        ferry
+            .post("/hooks/signup", "application/json", big, &[])
+            .await,
+        413,
+    )
+    .await;
+
+    let v = problem(
+        ferry
+            .post("/hooks/nope", "application/json", "{}", &[])
+            .await,
+        404,
+    )
+    .await;
+    assert!(v["detail"].as_str().unwrap().contains("/hooks/nope"));
+
+    let resp = ferry
+        .http
+        .get(ferry.url("/hooks/signup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    problem(resp, 405).await;
+
+    // Nothing of the above became a run.
+    let (_, runs) = ferry.api(Method::GET, "/runs", None).await;
+    assert_eq!(runs["runs"], json!([]));
+    assert!(receiver.requests().is_empty());
+    // And the server is still healthy.
+    assert_eq!(
+        ferry
+            .http
+            .get(ferry.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        ferry
+            .http
+            .get(ferry.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn form_and_text_bodies_become_event_bodies() {
+    let receiver = Receiver::start().await;
+    let flow = "id: f\ntrigger: { webhook: { path: /in } }\nsteps:\n  - id: echo\n    http: { url: '@RECEIVER@/echo', body: '{{ .event.body }}' }\n";
+    let project = Project::new(&[("flows/f.yaml", flow)], Some(&receiver));
+    let ferry = Ferry::start(&project);
+    let r: Value = ferry
+        .post(
+            "/in",
+            "application/x-www-form-urlencoded",
+            "a=1&b=two+words",
+            &[],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    ferry
+        .wait_final(r["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    let r: Value = ferry
+        .post("/in", "text/plain", "hello", &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    ferry
+        .wait_final(r["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    let got = receiver.requests_to("/echo");
+    let bodies: Vec<Value> = got.iter().map(|r| r.json()).collect();
+    assert!(
+        bodies.contains(&json!({"a": "1", "b": "two words"})),
+        "{bodies:?}"
+    );
+    assert!(bodies.contains(&json!("hello")), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn management_api_requires_the_admin_key_and_lists_flows() {
+    let (_r, _p, ferry) = setup().await;
+    let resp = ferry
+        .http
+        .get(ferry.url("/api/v1/runs"))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 401).await;
+    let resp = ferry
+        .http
+        .get(ferry.url("/api/v1/runs"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 401).await;
+    let (status, flows) = ferry.api(Method::GET, "/flows", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(flows["flows"][0]["id"], "signup");
+    assert_eq!(
+        flows["flows"][0]["trigger"],
+        json!({"kind": "webhook", "path": "/hooks/signup", "method": "POST"})
+    );
+    let (status, v) = ferry.api(Method::GET, "/runs/does-not-exist", None).await;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = ferry.api(Method::GET, "/runs?status=bogus", None).await;
+    assert_eq!(status, 400, "{v}");
+
+    // Manual start of a flow through the API.
+    let (status, v) = ferry
+        .api(
+            Method::POST,
+            "/flows/signup/runs",
+            Some(json!({"email": "m@n.o", "first": "M", "last": "N"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let run = ferry
+        .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    let (status, _) = ferry
+        .api(Method::POST, "/flows/nope/runs", Some(json!({})))
+        .await;
+    assert_eq!(status, 404);
+}
