@@ -1,0 +1,4 @@
+-- wrk script: POST a ~1 KB customer JSON, as a web shop would.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{"email":"Ada.Lovelace@Example.com","first_name":"Ada","last_name":"Lovelace","phone":"+44 20 7946 0958","company":"Analytical Engines Ltd","address":{"line1":"12 St James's Square","line2":"","city":"London","postcode":"SW1Y 4JH","country":"GB"},"marketing_opt_in":true,"source":"web-shop","tags":["newsletter","vip","early-adopter","b2b"],"order":{"id":"ord_7Qp2Lx9Kz","currency":"EUR","total":"1249.90","items":[{"sku":"ENG-001","name":"Difference Engine No. 2","qty":1,"price":"999.90"},{"sku":"CARD-100","name":"Punched cards (box of 100)","qty":5,"price":"50.00"}]},"consent":{"terms":"2026-11-25T08:00:00Z","privacy":"2026-11-25T08:00:00Z","ip":"203.0.113.7"},"notes":"Please deliver to the reception desk; the building closes at 18:00 on weekdays and is closed at weekends."}]]

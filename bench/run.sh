@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Load benchmark of the release binary on loopback (127.0.0.1 only). Bounded: each wrk run
+# lasts DURATION seconds (default 10); the script stops everything it started.
+#
+#   bench/run.sh            # all scenarios
+#   DURATION=5 bench/run.sh
+#
+# Scenarios: (a) durable ingest, webhook → 202 (flow: one map step);
+#            (b) end to end, webhook → map → http POST to a local sink.
+# Each at 16 and 64 connections, on a fresh data folder. Prints events/s, p50/p99 ack
+# latency, delivered count, peak RSS; plus idle RSS and time from start to first 202.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked -q -p ferry --bin ferry --example benchkit
+BIN=target/release/ferry
+KIT=target/release/examples/benchkit
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+"$KIT" sink > "$WORK/sink.addr" &
+PIDS+=($!)
+sleep 0.3
+SINK=$(head -1 "$WORK/sink.addr")
+
+mkdir -p "$WORK/p/flows" "$WORK/p/connections"
+cat > "$WORK/p/connections/sink.yaml" <<YAML
+id: sink
+base_url: http://$SINK
+timeout: 10s
+YAML
+cat > "$WORK/p/flows/ingest.yaml" <<'YAML'
+id: ingest
+trigger: { webhook: { path: /bench/ingest } }
+steps:
+  - id: shape
+    map: { email: '{{ .event.body.email | ascii_downcase }}' }
+YAML
+cat > "$WORK/p/flows/e2e.yaml" <<'YAML'
+id: e2e
+trigger: { webhook: { path: /bench/e2e } }
+steps:
+  - id: contact
+    map:
+      email: '{{ .event.body.email | ascii_downcase }}'
+      name: '{{ .event.body.first_name + " " + .event.body.last_name }}'
+      source: web-shop
+  - id: push
+    http: { connection: sink, method: POST, path: /contacts, body: '{{ .steps.contact }}' }
+YAML
+
+rss() { awk -v k="$2" '$1==k":" {print int($2/1024) " MB"}' "/proc/$1/status"; }
+
+start_ferry() {
+  rm -rf "$WORK/data"
+  read -r MS PID ADDR < <("$KIT" first-ack /bench/ingest -- "$BIN" serve "$WORK/p" --listen 127.0.0.1:0 --data "$WORK/data")
+  PIDS+=("$PID")
+}
+
+wait_drained() { # until the sink count stops moving for 2 s, at most 120 s
+  local prev=-1 same=0
+  for _ in $(seq 1 240); do
+    read -r n last < <(curl -s "http://$SINK/count")
+    if [ "$n" = "$prev" ]; then same=$((same+1)); [ $same -ge 4 ] && break; else same=0; fi
+    prev=$n; sleep 0.5
+  done
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(uname -sr)"
+echo "ferry $($BIN --version | awk '{print $2}'), wrk -t2, ${DURATION}s per run, ~1 KB JSON body"
+
+start_ferry
+echo
+echo "start to first 202: ${MS} ms"
+sleep 1
+echo "idle RSS: $(rss "$PID" VmRSS)"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+for scenario in ingest e2e; do
+  for c in 16 64; do
+    start_ferry
+    read -r before _ < <(curl -s "http://$SINK/count")
+    t0=$(date +%s%3N)
+    OUT=$(wrk -t2 -c"$c" -d"${DURATION}s" --latency -s bench/post.lua "http://$ADDR/bench/$scenario")
+    rps=$(awk '/Requests\/sec/ {print int($2)}' <<<"$OUT")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$OUT")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$OUT")
+    errs=$(awk '/Non-2xx/ {print $5}' <<<"$OUT"); errs=${errs:-0}
+    acked=$(awk '/requests in/ {print $1}' <<<"$OUT")
+    echo
+    echo "[$scenario, $c connections] acked ${rps} ev/s, p50 ${p50}, p99 ${p99}, non-2xx ${errs}, peak RSS $(rss "$PID" VmHWM)"
+    if [ "$scenario" = e2e ]; then
+      wait_drained
+      read -r after last < <(curl -s "http://$SINK/count")
+      delivered=$((after - before))
+      secs=$(awk -v a="$t0" -v b="$last" 'BEGIN {printf "%.1f", (b-a)/1000}')
+      echo "  delivered ${delivered} of ${acked} acked in ${secs}s = $(awk -v d="$delivered" -v s="$secs" 'BEGIN {print int(d/s)}') ev/s end to end; peak RSS $(rss "$PID" VmHWM)"
+    fi
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+  done
+done
