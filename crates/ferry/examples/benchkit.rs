@@ -35,7 +35,13 @@ async fn sink() {
             "/count",
             axum::routing::get(move || {
                 let (c, l) = (c.clone(), l.clone());
-                async move { format!("{} {}\n", c.load(Ordering::Relaxed), l.load(Ordering::Relaxed)) }
+                async move {
+                    format!(
+                        "{} {}\n",
+                        c.load(Ordering::Relaxed),
+                        l.load(Ordering::Relaxed)
+                    )
+                }
             }),
         )
         .fallback(move || {
@@ -51,32 +57,57 @@ async fn sink() {
     axum::serve(listener, app).await.unwrap();
 }
 
+// The server is left running on purpose: the benchmark measures it next and kills it.
+#[allow(clippy::zombie_processes)]
 async fn first_ack(args: &[String]) {
     let path = &args[0];
     let cmd = &args[2..];
     let started = Instant::now();
-    let mut child = Command::new(&cmd[0]).args(&cmd[1..]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("command starts");
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("command starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if !sent && let Some(i) = line.find("listening on ") {
-                let _ = tx.send(line[i + 13..].split_whitespace().next().unwrap_or("").to_owned());
+                let _ = tx.send(
+                    line[i + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                );
                 sent = true;
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logs its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server logs its address");
     let client = reqwest::Client::new();
     let url = format!("http://{addr}{path}");
     loop {
-        if let Ok(r) = client.post(&url).header("content-type", "application/json").body("{}").send().await
+        if let Ok(r) = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
             && r.status() == 202
         {
             break;
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    println!("{:.1} {} {}", started.elapsed().as_secs_f64() * 1000.0, child.id(), addr);
+    println!(
+        "{:.1} {} {}",
+        started.elapsed().as_secs_f64() * 1000.0,
+        child.id(),
+        addr
+    );
 }

@@ -106,6 +106,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
         event: event.to_string(),
         dedupe: None,
         now_ms: now,
+        lease: None,
     };
     if store.ingest(new).await? != Ingested::Created(run_id.clone()) {
         bail!("could not queue the run");

@@ -93,7 +93,7 @@ impl Engine {
             let started = self.clock.now_ms();
             let attempt = prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
 
-            let next = match self.guard(step, &run.id, &ctx).await {
+            let next = match self.guard(step, &ctx).await {
                 Ok(true) => {
                     let result = self.attempt(step, &run.id, ctx).await;
                     self.outcome(
@@ -168,17 +168,13 @@ impl Engine {
     async fn guard(
         &self,
         step: &CompiledStep,
-        _run: &str,
         ctx: &Arc<Json>,
     ) -> Result<bool, crate::expr::EvalError> {
-        let Some(when) = step.when.clone() else {
+        let Some(when) = &step.when else {
             return Ok(true);
         };
-        let ctx = ctx.clone();
-        crate::expr::eval_blocking(self.config.expr_timeout, move || {
-            when.eval_bool(&crate::expr::json_to_val(&ctx))
-        })
-        .await
+        let v = crate::expr::eval_value(when, ctx, self.config.expr_timeout).await?;
+        Ok(crate::expr::truthy(&v))
     }
 
     async fn attempt(
@@ -267,6 +263,7 @@ impl Engine {
                     self.report(run_id, step, &r, Some(delay.as_millis() as i64));
                     pending.push(r);
                     let next_at_ms = finished + delay.as_millis() as i64;
+                    self.note_due(next_at_ms);
                     return Ok(Next::Stop(RunUpdate::Retry { next_at_ms }));
                 }
                 self.report(run_id, step, &r, None);

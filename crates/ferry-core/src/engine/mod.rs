@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use std::sync::atomic::AtomicI64;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use executor::{Observer, StepReport};
 
@@ -62,6 +64,14 @@ pub struct Engine {
     wake: Notify,
     observer: Option<Arc<dyn Observer>>,
     finished: AtomicU64,
+    /// One permit per run executing on this node.
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    /// Set when shutdown begins: no new run starts here.
+    stopping: CancellationToken,
+    /// Earliest known time a waiting run becomes due (ms), so the dispatcher sleeps exactly
+    /// until then instead of polling the store.
+    next_due_hint: AtomicI64,
 }
 
 pub fn http_client() -> reqwest::Client {
@@ -78,13 +88,17 @@ impl Engine {
         Engine {
             store,
             project,
-            config,
             clock: Arc::new(SystemClock),
             http: http_client(),
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             wake: Notify::new(),
             observer: None,
             finished: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(config.workers.max(1))),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            next_due_hint: AtomicI64::new(i64::MAX),
+            config,
         }
     }
 
@@ -98,6 +112,42 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// A worker slot for a run that is being ingested here, so it can start without a trip
+    /// through the queue (`start_claimed`). `None` when every worker is busy or the engine is
+    /// stopping: the run is then queued as usual.
+    pub fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        if self.stopping.is_cancelled() {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// The lease to store with a run ingested under `reserve`.
+    pub fn lease_until(&self, now_ms: i64) -> i64 {
+        now_ms + self.config.lease.as_millis() as i64
+    }
+
+    /// Executes a run this node already holds the lease of.
+    pub fn start_claimed(
+        self: &Arc<Self>,
+        run: crate::store::ClaimedRun,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            engine.execute(run).await;
+            engine.finished.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            engine.wake.notify_one();
+        });
+    }
+
+    /// A run waits until `at_ms` (a retry): wake the dispatcher then.
+    pub(crate) fn note_due(&self, at_ms: i64) {
+        self.next_due_hint.fetch_min(at_ms, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     /// Runs finished on this node since start.
     pub fn finished_count(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
@@ -106,8 +156,6 @@ impl Engine {
     /// The dispatcher: claims due runs while workers are free, until `shutdown`; then gives
     /// in-flight runs `grace` to finish and puts the rest back in the queue.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
-        let slots = Arc::new(Semaphore::new(self.config.workers));
-        let mut tasks = JoinSet::new();
         let lease_ms = self.config.lease.as_millis() as i64;
         let renew = {
             let engine = self.clone();
@@ -142,34 +190,35 @@ impl Engine {
             })
         };
 
+        // Runs queued before this start (or by other nodes, or by replays) are found here;
+        // runs ingested on this node with a free worker start directly (`start_claimed`).
         while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
-            let free = slots.available_permits();
+            let free = self.slots.available_permits();
+            let mut claimed_all = false;
             if free > 0 {
                 let want = free.min(128);
-                match self
-                    .store
-                    .claim(&self.owner, want, lease_ms, self.clock.now_ms())
-                    .await
-                {
+                let now = self.clock.now_ms();
+                if self.next_due_hint.load(Ordering::Relaxed) <= now {
+                    self.next_due_hint.store(i64::MAX, Ordering::Relaxed);
+                }
+                match self.store.claim(&self.owner, want, lease_ms, now).await {
                     Ok(runs) => {
-                        let got = runs.len();
+                        claimed_all = runs.len() == want;
+                        let idle = runs.is_empty();
                         for run in runs {
-                            let permit = slots
+                            let permit = self
+                                .slots
                                 .clone()
                                 .acquire_owned()
                                 .await
                                 .expect("semaphore is never closed");
-                            let engine = self.clone();
-                            tasks.spawn(async move {
-                                engine.execute(run).await;
-                                engine.finished.fetch_add(1, Ordering::Relaxed);
-                                drop(permit);
-                                engine.wake.notify_one();
-                            });
+                            self.start_claimed(run, permit);
                         }
-                        if got == want {
-                            continue;
+                        if idle {
+                            // Nothing due now: learn when the next waiting run is due.
+                            if let Ok(Some(at)) = self.store.next_due().await {
+                                self.next_due_hint.fetch_min(at, Ordering::Relaxed);
+                            }
                         }
                     }
                     Err(e) => {
@@ -178,35 +227,43 @@ impl Engine {
                     }
                 }
             }
-            let wait = match self.store.next_due().await {
-                Ok(Some(at)) => {
-                    Duration::from_millis((at - self.clock.now_ms()).clamp(1, 1000) as u64)
-                }
-                _ => Duration::from_secs(1),
-            };
+            if claimed_all {
+                continue;
+            }
+            let hint = self.next_due_hint.load(Ordering::Relaxed);
+            let wait = Duration::from_millis(
+                (hint.saturating_sub(self.clock.now_ms())).clamp(1, 1000) as u64,
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        self.stopping.cancel();
 
         let _ = renew.await;
         let _ = purge.await;
-        if !tasks.is_empty() {
+        self.tasks.close();
+        let in_flight = self.tasks.len();
+        if in_flight > 0 {
             tracing::info!(
-                in_flight = tasks.len(),
+                in_flight,
                 grace_ms = grace.as_millis() as u64,
                 "waiting for in-flight runs"
             );
-            let drained =
-                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-                    .await;
-            if drained.is_err() {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+            if tokio::time::timeout(grace, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    still_running = self.tasks.len(),
+                    "grace period over; unfinished runs go back to the queue"
+                );
             }
         }
+        // Runs still leased here go back to the queue; a straggler's later write is refused
+        // by the store because the run is no longer leased to this node.
         match self.store.release(&self.owner, self.clock.now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "runs left queued for the next start"),

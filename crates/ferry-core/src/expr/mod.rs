@@ -42,6 +42,7 @@ const PRELUDE: &str = concat!(
 pub struct Expr {
     src: Arc<str>,
     filter: Arc<JqFilter>,
+    bounded: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -143,7 +144,14 @@ impl Expr {
         Ok(Expr {
             src: Arc::from(src),
             filter: Arc::new(filter),
+            bounded: is_bounded(src),
         })
+    }
+
+    /// True when the expression provably finishes in time proportional to its input (see
+    /// `is_bounded`); such expressions are evaluated inline, the rest on the blocking pool.
+    pub fn is_bounded(&self) -> bool {
+        self.bounded
     }
 
     pub fn source(&self) -> &str {
@@ -170,6 +178,192 @@ impl Expr {
             serde_json::Value::Null | serde_json::Value::Bool(false)
         ))
     }
+}
+
+/// Builtins whose cost is bounded by the size of their input (linear or n·log n, or a
+/// small polynomial of it). Anything else — `range`, `repeat`, `while`, `until`, `recurse`,
+/// `limit` over a generator, regular expressions, `combinations`, user `def`s, `reduce`,
+/// `foreach`, `label`, `as` bindings — may run away, and is sent to the time-limited pool.
+const BOUNDED: &[&str] = &[
+    "if",
+    "then",
+    "elif",
+    "else",
+    "end",
+    "and",
+    "or",
+    "not",
+    "try",
+    "catch",
+    "null",
+    "true",
+    "false",
+    "length",
+    "utf8bytelength",
+    "keys",
+    "keys_unsorted",
+    "values",
+    "has",
+    "in",
+    "inside",
+    "contains",
+    "map",
+    "map_values",
+    "select",
+    "empty",
+    "error",
+    "add",
+    "any",
+    "all",
+    "flatten",
+    "to_entries",
+    "from_entries",
+    "with_entries",
+    "del",
+    "delpaths",
+    "getpath",
+    "setpath",
+    "paths",
+    "leaf_paths",
+    "path",
+    "tostream",
+    "fromstream",
+    "walk",
+    "first",
+    "last",
+    "nth",
+    "isempty",
+    "reverse",
+    "sort",
+    "sort_by",
+    "group_by",
+    "unique",
+    "unique_by",
+    "min",
+    "max",
+    "min_by",
+    "max_by",
+    "transpose",
+    "indices",
+    "index",
+    "rindex",
+    "startswith",
+    "endswith",
+    "ltrimstr",
+    "rtrimstr",
+    "trim",
+    "ltrim",
+    "rtrim",
+    "explode",
+    "implode",
+    "split",
+    "join",
+    "ascii_downcase",
+    "ascii_upcase",
+    "ascii",
+    "tostring",
+    "tonumber",
+    "tojson",
+    "fromjson",
+    "type",
+    "objects",
+    "arrays",
+    "strings",
+    "numbers",
+    "booleans",
+    "nulls",
+    "iterables",
+    "scalars",
+    "infinite",
+    "nan",
+    "isinfinite",
+    "isnan",
+    "isnormal",
+    "floor",
+    "ceil",
+    "round",
+    "fabs",
+    "abs",
+    "sqrt",
+    "pow",
+    "log",
+    "log10",
+    "log2",
+    "exp",
+    "exp10",
+    "now",
+    "todate",
+    "fromdate",
+    "date",
+    "todateiso8601",
+    "fromdateiso8601",
+    "mktime",
+    "gmtime",
+    "localtime",
+    "strftime",
+    "strptime",
+    "dateadd",
+    "datesub",
+    "tojson",
+    "ascii",
+    "splits_literal",
+    "toarray",
+    "IN",
+    "INDEX",
+    "debug",
+    "stderr",
+    "input_filename",
+];
+
+/// Conservative check that `src` only uses builtins from `BOUNDED` (fields like `.range`,
+/// variables and format strings are fine; string interpolation is not analysed, so it counts
+/// as unbounded).
+fn is_bounded(src: &str) -> bool {
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                if bytes[i] == b'\\' {
+                    if bytes.get(i + 1) == Some(&b'(') {
+                        return false;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let prev = if start == 0 {
+                None
+            } else {
+                Some(bytes[start - 1])
+            };
+            // `.name`, `$name`, `@base64`, `?//` targets are not calls.
+            if matches!(prev, Some(b'.' | b'$' | b'@')) {
+                continue;
+            }
+            // `{name: …}` object keys are not calls either.
+            let rest = src[i..].trim_start();
+            if rest.starts_with(':') && !rest.starts_with("::") {
+                continue;
+            }
+            if !BOUNDED.contains(&&src[start..i]) {
+                return false;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Byte offset of `part` in `whole` when `part` is a slice of it (jaq's errors are), else 0.
@@ -243,6 +437,25 @@ const MAX_RUNAWAYS: usize = 64;
 /// How many evaluations were abandoned after their timeout since start (for metrics).
 pub fn runaway_count() -> usize {
     RUNAWAYS.load(Ordering::Relaxed)
+}
+
+/// Evaluates one expression against a JSON context: inline when it is bounded, else on the
+/// time-limited pool.
+pub async fn eval_value(
+    e: &Expr,
+    ctx: &std::sync::Arc<serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value, EvalError> {
+    if e.is_bounded() {
+        return e.eval(&json_to_val(ctx));
+    }
+    let (e, ctx) = (e.clone(), ctx.clone());
+    eval_blocking(timeout, move || e.eval(&json_to_val(&ctx))).await
+}
+
+/// jq truthiness: anything but `false` and `null`.
+pub fn truthy(v: &serde_json::Value) -> bool {
+    !matches!(v, serde_json::Value::Null | serde_json::Value::Bool(false))
 }
 
 /// Runs `f` (which evaluates expressions) off the async workers, failing after `timeout`.
@@ -327,6 +540,33 @@ mod tests {
         let err = Expr::compile(".a | nosuchfn").unwrap_err();
         assert_eq!(err.offset, 5);
         assert_eq!(err.message, "undefined filter `nosuchfn`");
+    }
+
+    #[test]
+    fn bounded_expressions_are_told_from_possible_runaways() {
+        for src in [
+            ".a.b",
+            ".event.body.email | ascii_downcase",
+            "{a: .x, range: .y}",
+            ".range",
+            "\"range(1e9)\"",
+            "[.[] | select(.n > 1)] | length",
+            "@base64",
+            "$x",
+        ] {
+            assert!(is_bounded(src), "{src} should be bounded");
+        }
+        for src in [
+            "range(10)",
+            "repeat(1)",
+            "def f: f; f",
+            "reduce .[] as $x (0; . + $x)",
+            "test(\"a+\")",
+            "\"\\(range(9))\"",
+            ".[] as $a | $a",
+        ] {
+            assert!(!is_bounded(src), "{src} should not be bounded");
+        }
     }
 
     #[test]

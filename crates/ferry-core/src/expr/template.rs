@@ -122,6 +122,20 @@ impl Template {
         }
     }
 
+    /// True when every expression inside is bounded (`Expr::is_bounded`).
+    pub fn is_bounded(&self) -> bool {
+        match self {
+            Template::Literal(_) => true,
+            Template::Value(e) => e.is_bounded(),
+            Template::Text(parts) => parts.iter().all(|p| match p {
+                Part::Text(_) => true,
+                Part::Expr(e) => e.is_bounded(),
+            }),
+            Template::Array(items) => items.iter().all(Template::is_bounded),
+            Template::Object(fields) => fields.iter().all(|(_, t)| t.is_bounded()),
+        }
+    }
+
     /// True when rendering cannot depend on the context.
     pub fn is_literal(&self) -> bool {
         matches!(self, Template::Literal(_))

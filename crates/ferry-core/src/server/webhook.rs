@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::{ApiError, AppState};
 use crate::flow::Flow;
-use crate::store::{Dedupe, Ingested, NewRun};
+use crate::store::{ClaimedRun, Dedupe, Ingested, Lease, NewRun};
 use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body};
 
 pub(super) async fn receive(
@@ -93,15 +93,19 @@ pub(super) async fn ingest(
     now: i64,
 ) -> Result<(StatusCode, String), ApiError> {
     let mut dedupe = None;
+    let mut event = event;
     if let Some(w) = flow.webhook()
-        && let Some(expr) = w.dedupe.clone()
+        && let Some(expr) = &w.dedupe
     {
-        let ctx = json!({ "event": event });
-        let key = crate::expr::eval_blocking(state.engine.config.expr_timeout, move || {
-            expr.eval(&crate::expr::json_to_val(&ctx))
-        })
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("dedupe expression failed: {e}")))?;
+        let ctx = Arc::new(json!({ "event": event }));
+        let key = crate::expr::eval_value(expr, &ctx, state.engine.config.expr_timeout)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("dedupe expression failed: {e}")))?;
+        event = match Arc::try_unwrap(ctx) {
+            Ok(Json::Object(mut m)) => m.remove("event").unwrap_or(Json::Null),
+            Ok(_) => Json::Null,
+            Err(shared) => shared["event"].clone(),
+        };
         let key = match key {
             Json::Null => None,
             Json::String(s) if s.is_empty() => None,
@@ -113,6 +117,13 @@ pub(super) async fn ingest(
             expires_at_ms: now + w.dedupe_window.as_millis() as i64,
         });
     }
+    // With a free worker here, the run is stored already leased to this node and starts at
+    // once: one write instead of an insert plus a claim.
+    let permit = state.engine.reserve();
+    let lease = permit.as_ref().map(|_| Lease {
+        owner: state.engine.owner.clone(),
+        until_ms: state.engine.lease_until(now),
+    });
     let run = NewRun {
         id: crate::util::new_run_id(),
         flow: flow.id.clone(),
@@ -120,10 +131,23 @@ pub(super) async fn ingest(
         event: event.to_string(),
         dedupe,
         now_ms: now,
+        lease,
     };
     match state.engine.store.ingest(run).await? {
         Ingested::Created(id) => {
-            state.engine.wake();
+            match permit {
+                Some(permit) => {
+                    let run = ClaimedRun {
+                        id: id.clone(),
+                        flow: flow.id.clone(),
+                        attempt: 1,
+                        event,
+                        steps: Vec::new(),
+                    };
+                    state.engine.start_claimed(run, permit);
+                }
+                None => state.engine.wake(),
+            }
             Ok((StatusCode::ACCEPTED, id))
         }
         Ingested::Duplicate(id) => Ok((StatusCode::OK, id)),

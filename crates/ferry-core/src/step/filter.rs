@@ -32,7 +32,9 @@ impl Step for Filter {
     fn execute<'a>(&'a self, cx: &'a StepCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         async move {
             let expr = self.expr.clone();
-            let pass = cx.eval(move |ctx| expr.eval_bool(ctx)).await?;
+            let pass = cx
+                .eval(self.expr.is_bounded(), move |ctx| expr.eval_bool(ctx))
+                .await?;
             Ok(StepOutput {
                 value: serde_json::json!({ "passed": pass }),
                 request: None,

@@ -239,8 +239,9 @@ impl Http {
                 Body::Json(t) | Body::Form(t) | Body::Text(t) => Some(t.clone()),
             },
         ];
+        let bounded = parts.iter().flatten().all(Template::is_bounded);
         let mut out = cx
-            .eval(move |ctx| {
+            .eval(bounded, move |ctx| {
                 let names = ["url", "path", "query", "headers", "body"];
                 parts
                     .iter()

@@ -70,7 +70,9 @@ impl Step for Log {
     fn execute<'a>(&'a self, cx: &'a StepCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         async move {
             let t = self.message.clone();
-            let value = cx.eval(move |ctx| t.render(ctx)).await?;
+            let value = cx
+                .eval(self.message.is_bounded(), move |ctx| t.render(ctx))
+                .await?;
             let text = match &value {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),

@@ -43,7 +43,9 @@ impl Step for Map {
                 });
             }
             let template = self.template.clone();
-            let value = cx.eval(move |ctx| template.render(ctx)).await?;
+            let value = cx
+                .eval(self.template.is_bounded(), move |ctx| template.render(ctx))
+                .await?;
             Ok(StepOutput {
                 value,
                 ..Default::default()

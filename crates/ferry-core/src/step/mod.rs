@@ -76,12 +76,17 @@ pub struct StepCx {
 }
 
 impl StepCx {
-    /// Evaluates templates against the context, off the async workers and with a time limit.
-    pub async fn eval<T, F>(&self, f: F) -> Result<T, StepError>
+    /// Evaluates templates against the context. `bounded` (known when the flow compiled)
+    /// says every expression finishes in time proportional to its input: those run inline,
+    /// saving two thread hand-offs; the others run on the blocking pool with a time limit.
+    pub async fn eval<T, F>(&self, bounded: bool, f: F) -> Result<T, StepError>
     where
         T: Send + 'static,
         F: FnOnce(&Val) -> Result<T, EvalError> + Send + 'static,
     {
+        if bounded {
+            return f(&expr::json_to_val(&self.ctx)).map_err(StepError::expression);
+        }
         let ctx = self.ctx.clone();
         expr::eval_blocking(self.expr_timeout, move || f(&expr::json_to_val(&ctx)))
             .await

@@ -108,6 +108,14 @@ pub struct NewRun {
     pub event: String,
     pub dedupe: Option<Dedupe>,
     pub now_ms: i64,
+    /// Store it already leased to this worker (it starts at once, without a claim).
+    pub lease: Option<Lease>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: i64,
 }
 
 #[derive(Debug, Clone)]
