@@ -20,7 +20,7 @@ pub(super) struct ServerArgs {
     #[arg(long, global = true, env = "FERRY_ADMIN_KEY", hide_env_values = true)]
     key: Option<String>,
     /// The server's data folder, where `admin.key` is.
-    #[arg(long, global = true, default_value = ".ferry")]
+    #[arg(long, global = true, env = "FERRY_DATA", default_value = ".ferry")]
     data: PathBuf,
 }
 

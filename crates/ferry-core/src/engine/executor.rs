@@ -51,8 +51,21 @@ impl Engine {
             .await;
             return;
         };
-        if let Err(e) = self.execute_flow(&flow, run).await {
-            tracing::warn!(run = %run_id, error = %e, "run stopped: its result could not be stored; it will be resumed");
+        match self.execute_flow(&flow, run).await {
+            Ok(()) => {}
+            // Another worker holds the run now: its results win, nothing to undo.
+            Err(crate::store::StoreError::Conflict(e)) => {
+                tracing::warn!(run = %run_id, error = %e, "run taken over by another worker");
+            }
+            Err(e) => {
+                // The store failed: hand the run back to the queue (a little later) rather
+                // than keep a lease that lease renewal would extend forever.
+                tracing::error!(run = %run_id, error = %e, "run stopped: its result could not be stored; it goes back to the queue");
+                let next_at_ms = self.clock.now_ms() + 5_000;
+                self.write(&run_id, Vec::new(), RunUpdate::Retry { next_at_ms })
+                    .await;
+                self.note_due(next_at_ms);
+            }
         }
     }
 

@@ -107,7 +107,9 @@ pub(super) fn compile_connection(
             Some((Connection::from_config(&c), c.id.pos))
         }
         Err(e) => {
-            let hint = e.hint.unwrap_or_else(|| "see docs/connections.md".into());
+            let hint = e
+                .hint
+                .unwrap_or_else(|| "see docs/flows.md#connection-files".into());
             diags.push(Diagnostic::new(file, e.pos.unwrap_or(node.pos), e.message).hint(hint));
             None
         }
@@ -464,6 +466,36 @@ steps:
         f.yaml:15:23: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         ");
+    }
+
+    #[test]
+    fn manual_trigger_takes_every_short_form() {
+        for trigger in [
+            "trigger: manual",
+            "trigger: { manual: }",
+            "trigger: { manual: {} }",
+        ] {
+            let flow = format!("id: m\n{trigger}\nsteps:\n  - id: a\n    map: 1\n");
+            assert_eq!(errors(&flow), "", "{trigger}");
+        }
+    }
+
+    #[test]
+    fn typos_in_methods_and_value_sources_are_explained() {
+        let flow = "id: m\ntrigger: manual\nsteps:\n  - id: a\n    http: { url: 'http://x', method: PSOT }\n";
+        let e = errors(flow);
+        assert!(e.contains("5:38: error: invalid HTTP method `PSOT`"), "{e}");
+        assert!(e.contains("did you mean `POST`?"), "{e}");
+
+        let node = crate::flow::node::parse_yaml("id: c\nbase_url: { secret: k }\n").unwrap();
+        let mut diags = Diagnostics::default();
+        assert!(compile_connection("c.yaml", &node, &mut diags).is_none());
+        assert!(
+            diags.to_string().contains(
+                "`{ secret: … }` values are not available in this version; use `{ env: NAME }`"
+            ),
+            "{diags}"
+        );
     }
 
     #[test]

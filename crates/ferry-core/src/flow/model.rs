@@ -105,7 +105,8 @@ pub struct StepCommon {
     /// Retry policy for this step; overrides the connection's.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
-    /// Time limit for one attempt of the step (default: the connection's, else 30s).
+    /// Time limit for one attempt of the step (default: the connection's timeout + 1s, else
+    /// 30s). One HTTP request is also bounded by its connection's `timeout`.
     #[serde(default)]
     pub timeout: Option<Dur>,
     /// What a failure does to the run: `fail` (default) or `continue`.
@@ -182,7 +183,7 @@ pub struct ConnectionConfig {
 }
 
 /// A literal value, or one read from the environment at request time.
-#[derive(Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[derive(JsonSchema, Debug, Clone, PartialEq)]
 #[serde(untagged)]
 pub enum ValueSource {
     Literal(String),
@@ -190,6 +191,58 @@ pub enum ValueSource {
         /// Name of the environment variable.
         env: String,
     },
+}
+
+impl<'de> Deserialize<'de> for ValueSource {
+    /// By hand, for messages that say what is expected (an untagged enum only says "data did
+    /// not match any variant").
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ValueSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or `{ env: NAME }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValueSource, E> {
+                Ok(ValueSource::Literal(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ValueSource, E> {
+                Ok(ValueSource::Literal(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ValueSource, E> {
+                Ok(ValueSource::Literal(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ValueSource, E> {
+                Ok(ValueSource::Literal(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ValueSource, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(serde::de::Error::custom(
+                        "expected `{ env: NAME }`, found an empty mapping",
+                    ));
+                };
+                let value: String = map.next_value()?;
+                if map.next_key::<String>()?.is_some() {
+                    return Err(serde::de::Error::custom(
+                        "expected `{ env: NAME }` with one key",
+                    ));
+                }
+                match key.as_str() {
+                    "env" => Ok(ValueSource::Env { env: value }),
+                    "secret" => Err(serde::de::Error::custom(
+                        "`{ secret: … }` values are not available in this version; use `{ env: NAME }`",
+                    )),
+                    other => Err(serde::de::Error::custom(format_args!(
+                        "unknown value source `{other}`; expected `{{ env: NAME }}`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A string-keyed map that keeps the file's order (headers are sent in that order).

@@ -560,9 +560,23 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
     ) -> Result<V::Value, NodeError> {
         let node = self.0;
         match &node.value {
-            Value::Str(s) => visitor
-                .visit_enum(s.as_str().into_deserializer())
-                .map_err(|e: NodeError| e.at(node.pos)),
+            // `trigger: manual` is `manual` with default settings.
+            Value::Str(s) => {
+                let key = Key {
+                    name: s.clone(),
+                    pos: node.pos,
+                };
+                let value = Node {
+                    pos: node.pos,
+                    value: Value::Null,
+                };
+                visitor
+                    .visit_enum(Enum {
+                        key: &key,
+                        value: &value,
+                    })
+                    .map_err(|e| e.at(node.pos))
+            }
             Value::Map(entries) if entries.len() == 1 => {
                 let (key, value) = &entries[0];
                 visitor
@@ -747,6 +761,14 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'_> {
     }
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, NodeError> {
         let pos = self.0.pos;
+        // `manual:` with nothing after it means "all defaults".
+        if matches!(self.0.value, Value::Null) {
+            let empty = Node {
+                pos,
+                value: Value::Map(Vec::new()),
+            };
+            return seed.deserialize(NodeDe(&empty)).map_err(|e| e.at(pos));
+        }
         seed.deserialize(self).map_err(|e| e.at(pos))
     }
     fn tuple_variant<V: Visitor<'de>>(

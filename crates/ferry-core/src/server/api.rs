@@ -28,6 +28,12 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/dlq", get(list_dlq))
         .route("/dlq/replay", post(replay_bulk))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                allowed: "see docs/api.md".into(),
+            }
+        })
         .with_state(state)
 }
 
@@ -41,11 +47,14 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let given = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key)
             .ok_or(ApiError::Unauthorized)?;
         if bool::from(given.trim().as_bytes().ct_eq(state.admin_key.as_bytes())) {
             Ok(Admin)
@@ -245,9 +254,16 @@ async fn list_dlq(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let mut filter = query(q)?.filter()?;
-    filter
+    if let Some(s) = filter
         .statuses
-        .retain(|s| matches!(s, RunStatus::Failed | RunStatus::Dead));
+        .iter()
+        .find(|s| !matches!(s, RunStatus::Failed | RunStatus::Dead))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "dead letters are `failed` or `dead` runs; `{}` is neither (use /api/v1/runs)",
+            s.as_str()
+        )));
+    }
     if filter.statuses.is_empty() {
         filter.statuses = vec![RunStatus::Failed, RunStatus::Dead];
     }
@@ -274,6 +290,15 @@ async fn get_run(
     }
 }
 
+/// `POST /runs/{id}/replay`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayOneBody {
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `POST /dlq/replay`: which dead letters, and from where.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
@@ -303,7 +328,7 @@ async fn replay_one(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Body(b): Body<ReplayBody>,
+    Body(b): Body<ReplayOneBody>,
 ) -> Result<Response, ApiError> {
     let from = replay_from(b.from.as_deref())?;
     let ids = state
@@ -335,6 +360,11 @@ async fn replay_bulk(
     Body(b): Body<ReplayBody>,
 ) -> Result<Response, ApiError> {
     let from = replay_from(b.from.as_deref())?;
+    if b.flow.is_none() && b.since.is_none() && b.until.is_none() {
+        return Err(ApiError::BadRequest(
+            "select the dead letters to replay with `flow`, `since` or `until`".into(),
+        ));
+    }
     let filter = ListQuery {
         flow: b.flow,
         status: None,

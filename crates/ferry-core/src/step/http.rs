@@ -49,6 +49,8 @@ const MASKED_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 pub(super) const MASK: &str = "***";
+/// Methods a step may use; anything else is most likely a typo (`PSOT`).
+const KNOWN_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -146,13 +148,25 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
     }
     let method = match &c.method {
         Some(m) => {
-            match reqwest::Method::from_bytes(m.value.trim().to_ascii_uppercase().as_bytes()) {
-                Ok(m) => m,
-                Err(_) => {
+            match reqwest::Method::from_bytes(m.value.trim().to_ascii_uppercase().as_bytes())
+                .ok()
+                .filter(|m| KNOWN_METHODS.contains(&m.as_str()))
+            {
+                Some(m) => m,
+                None => {
+                    let hint = match crate::diag::did_you_mean(
+                        &m.value.to_ascii_uppercase(),
+                        KNOWN_METHODS.iter().copied(),
+                    ) {
+                        Some(g) => {
+                            format!("did you mean `{g}`? methods: {}", KNOWN_METHODS.join(", "))
+                        }
+                        None => format!("methods: {}", KNOWN_METHODS.join(", ")),
+                    };
                     cx.error(
                         m.pos,
                         format!("invalid HTTP method `{}`", m.value),
-                        Some("e.g. GET, POST, PUT, PATCH, DELETE".into()),
+                        Some(hint),
                     );
                     return None;
                 }
@@ -346,6 +360,10 @@ impl Http {
                 let bytes = serde_json::to_vec(&b).expect("json values serialize");
                 if !record_headers.contains_key("content-type") {
                     req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+                    record_headers.insert(
+                        "content-type".into(),
+                        Json::String("application/json".into()),
+                    );
                 }
                 req = req.body(bytes);
                 record_body = b;
@@ -356,6 +374,10 @@ impl Http {
                     .map(|(k, v)| (k.clone(), scalar_text(v)))
                     .collect();
                 req = req.form(&pairs);
+                record_headers.insert(
+                    "content-type".into(),
+                    Json::String("application/x-www-form-urlencoded".into()),
+                );
                 record_body = Json::Object(fields);
             }
             (Body::Form(_), Some(other)) => {
@@ -367,6 +389,10 @@ impl Http {
             (Body::Text(_), Some(b)) => {
                 if !record_headers.contains_key("content-type") {
                     req = req.header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+                    record_headers.insert(
+                        "content-type".into(),
+                        Json::String("text/plain; charset=utf-8".into()),
+                    );
                 }
                 let text = scalar_text(&b);
                 req = req.body(text.clone());
@@ -472,6 +498,30 @@ impl Http {
         let url = reqwest::Url::parse(&text).map_err(|e| {
             StepError::new(ErrorKind::Config, format!("invalid url `{}`: {e}", text))
         })?;
+        // Belt and braces for the rule in `join_url`: through a connection, the request goes
+        // to the connection's host and nowhere else.
+        if let Some(conn) = &self.connection {
+            let base = conn
+                .base_url
+                .resolve()
+                .map_err(|e| StepError::new(ErrorKind::Config, e.to_string()))?;
+            let same = reqwest::Url::parse(&base)
+                .map(|b| {
+                    b.scheme() == url.scheme()
+                        && b.host_str() == url.host_str()
+                        && b.port_or_known_default() == url.port_or_known_default()
+                })
+                .unwrap_or(false);
+            if !same {
+                return Err(StepError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the request left connection `{}`'s host; `path` must stay under its base_url",
+                        conn.id
+                    ),
+                ));
+            }
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(StepError::new(
                 ErrorKind::Config,
@@ -485,13 +535,12 @@ impl Http {
     }
 }
 
-/// `base` + `path` with exactly one `/` between them.
+/// `base` + `path` with exactly one `/` between them. The path never replaces the base: a
+/// rendered path such as `https://elsewhere/x` stays under the base URL, so event data cannot
+/// send a connection's headers (its credentials) to another host.
 pub(super) fn join_url(base: &str, path: &str) -> String {
     if path.is_empty() {
         return base.to_owned();
-    }
-    if path.starts_with("http://") || path.starts_with("https://") {
-        return path.to_owned();
     }
     format!(
         "{}/{}",
@@ -610,6 +659,20 @@ mod tests {
             "https://x/api/contacts"
         );
         assert_eq!(join_url("https://x/api", ""), "https://x/api");
+        // A path never swaps the host (regression: event data could redirect credentials).
+        assert_eq!(
+            join_url("https://x/api", "https://evil.example/steal"),
+            "https://x/api/https://evil.example/steal"
+        );
+        for path in [
+            "https://evil.example/",
+            "//evil.example/a",
+            "@evil.example",
+            "..%2f..%2f",
+        ] {
+            let url = reqwest::Url::parse(&join_url("https://x/api", path)).unwrap();
+            assert_eq!(url.host_str(), Some("x"), "{path}");
+        }
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl CompileCx<'_> {
                 self.error(
                     pos,
                     format!("invalid expression: {}", e.message),
-                    Some(expr_hint()),
+                    Some(expr_hint(code)),
                 );
                 None
             }
@@ -282,7 +282,7 @@ impl CompileCx<'_> {
                     self.error(
                         pos,
                         format!("invalid expression: {}", e.message),
-                        Some(expr_hint()),
+                        Some(expr_hint(s)),
                     );
                     None
                 }
@@ -408,7 +408,20 @@ fn step_refs(code: &str) -> Vec<(usize, String)> {
     out
 }
 
-fn expr_hint() -> String {
+fn expr_hint(code: &str) -> String {
+    // `.steps.only-paid` parses as `.steps.only - paid`: the usual cause of "undefined filter".
+    let mut from = 0;
+    while let Some(i) = code[from..].find(".steps.") {
+        let start = from + i + ".steps.".len();
+        let name: String = code[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        if name.contains('-') {
+            return format!("a step id with `-` needs brackets: `.steps[\"{name}\"]`");
+        }
+        from = start;
+    }
     "expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md"
         .into()
 }
@@ -416,6 +429,15 @@ fn expr_hint() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hyphenated_step_ids_get_a_bracket_hint() {
+        assert_eq!(
+            expr_hint(".steps.only-paid.body"),
+            "a step id with `-` needs brackets: `.steps[\"only-paid\"]`"
+        );
+        assert!(expr_hint(".steps.ok | nope").starts_with("expressions are jq"));
+    }
 
     #[test]
     fn step_references_are_found_in_both_spellings() {

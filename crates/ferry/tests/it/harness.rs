@@ -51,6 +51,7 @@ pub(crate) struct Ferry {
     pub(crate) log: Arc<Mutex<String>>,
     pub(crate) http: reqwest::Client,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub(crate) fn bin() -> &'static str {
@@ -62,9 +63,26 @@ impl Ferry {
         Ferry::start_with(project, &[])
     }
 
+    /// With extra environment variables for the server process.
+    pub(crate) fn start_env(project: &Project, env: &[(&str, &str)]) -> Ferry {
+        let mut f = Ferry::prepared(project, &[]);
+        f.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        f.spawn();
+        f
+    }
+
     pub(crate) fn start_with(project: &Project, args: &[&str]) -> Ferry {
+        let mut f = Ferry::prepared(project, args);
+        f.spawn();
+        f
+    }
+
+    fn prepared(project: &Project, args: &[&str]) -> Ferry {
         let data = project.path().join(".ferry");
-        let mut f = Ferry {
+        Ferry {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             project: project.path().to_path_buf(),
@@ -72,9 +90,8 @@ impl Ferry {
             log: Arc::new(Mutex::new(String::new())),
             http: reqwest::Client::new(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        f.spawn();
-        f
+            env: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
@@ -86,6 +103,7 @@ impl Ferry {
             .args(&self.extra_args)
             .env("FERRY_ADMIN_KEY", ADMIN_KEY)
             .env("FERRY_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -213,13 +213,17 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
     );
 
     let big = format!("{{\"x\": \"{}\"}}", "a".repeat(100 * 1024));
-    problem(
-        ferry
-            .post("/hooks/signup", "application/json", big, &[])
-            .await,
-        413,
-    )
-    .await;
+    // A client of its own: the server may close the connection after a 413 without reading
+    // the body, and a pooled connection must not be reused after that.
+    let resp = reqwest::Client::new()
+        .post(ferry.url("/hooks/signup"))
+        .header("content-type", "application/json")
+        .header("connection", "close")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 413).await;
 
     let v = problem(
         ferry
@@ -351,4 +355,70 @@ async fn management_api_requires_the_admin_key_and_lists_flows() {
         .api(Method::POST, "/flows/nope/runs", Some(json!({})))
         .await;
     assert_eq!(status, 404);
+
+    // The bearer scheme is case-insensitive; wrong methods and unselective bulk replays are
+    // problems, not silent actions.
+    let key = crate::harness::ADMIN_KEY;
+    let resp = ferry
+        .http
+        .get(ferry.url("/api/v1/flows"))
+        .header("authorization", format!("bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = ferry
+        .http
+        .delete(ferry.url("/api/v1/flows"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 405).await;
+    let (status, v) = ferry
+        .api(Method::POST, "/dlq/replay", Some(json!({})))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = ferry.api(Method::GET, "/dlq?status=succeeded", None).await;
+    assert_eq!(status, 400, "{v}");
+}
+
+#[tokio::test]
+async fn a_rendered_path_never_sends_connection_credentials_to_another_host() {
+    let receiver = Receiver::start().await;
+    let elsewhere = Receiver::start().await;
+    let conn =
+        "id: crm\nbase_url: '@RECEIVER@/api'\nheaders:\n  X-Api-Key: { env: FERRY_IT_CRM_KEY }\n";
+    let flow = "id: f\ntrigger: { webhook: { path: /in } }\nsteps:\n  - id: call\n    http: { connection: crm, path: '{{ .event.body.p }}' }\n    retry: { attempts: 1 }\n";
+    let project = Project::new(
+        &[("connections/crm.yaml", conn), ("flows/f.yaml", flow)],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_env(&project, &[("FERRY_IT_CRM_KEY", "sk_live_topsecret")]);
+    for p in [
+        format!("{}/steal", elsewhere.url()),
+        format!("//{}/steal", elsewhere.addr),
+    ] {
+        let v: Value = ferry
+            .post_json("/in", &json!({ "p": p }), &[])
+            .await
+            .json()
+            .await
+            .unwrap();
+        let run = ferry
+            .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(10))
+            .await;
+        assert!(!run.to_string().contains("sk_live_topsecret"), "{run:#}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        elsewhere.requests().is_empty(),
+        "credentials went to another host"
+    );
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2);
+    for r in got {
+        assert!(r.path.starts_with("/api/"), "{}", r.path);
+        assert_eq!(r.header("x-api-key"), "sk_live_topsecret");
+    }
 }
