@@ -265,7 +265,11 @@ pub fn check_source(file: &str, text: &str) -> Diagnostics {
     let node = match parse_yaml(text) {
         Ok(n) => n,
         Err(e) => {
-            diags.push(Diagnostic::new(file, e.pos, format!("invalid YAML: {}", e.message)));
+            diags.push(Diagnostic::new(
+                file,
+                e.pos,
+                format!("invalid YAML: {}", e.message),
+            ));
             return diags;
         }
     };

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod load;
 pub mod model;
 pub mod node;
+pub mod schema;
 
 pub use compile::{CompiledStep, Flow, Trigger, Webhook};
 pub use load::{Project, load_project, validate_paths};
