@@ -365,6 +365,7 @@ fn row(
 ) -> StepRow {
     StepRow {
         path: step.id.clone(),
+        seq: step.seq,
         status,
         attempts,
         started_at_ms: started,

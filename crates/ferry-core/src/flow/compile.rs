@@ -60,6 +60,8 @@ pub struct Webhook {
 
 pub struct CompiledStep {
     pub id: String,
+    /// Position in the flow (0-based): the order of the step's record in a run.
+    pub seq: u32,
     pub kind: &'static str,
     pub when: Option<Expr>,
     pub retry: RetryPolicy,
@@ -165,8 +167,9 @@ pub(super) fn compile_flow(
     let mut steps = Vec::new();
     let mut seen: HashMap<String, Pos> = HashMap::new();
     for step_node in &config.steps {
-        if let Some(step) = compile_step(step_node, &mut cx, &mut seen) {
+        if let Some(mut step) = compile_step(step_node, &mut cx, &mut seen) {
             cx.steps_before.push(step.id.clone());
+            step.seq = steps.len() as u32;
             steps.push(step);
         } else if let Some(id) = step_node.get("id").and_then(Node::as_str) {
             // Keep checking later steps' references against this id.
@@ -400,6 +403,7 @@ fn compile_step(
         .unwrap_or(DEFAULT_STEP_TIMEOUT);
     Some(CompiledStep {
         id: common.id.value.clone(),
+        seq: 0,
         kind: def.kind,
         when,
         retry,

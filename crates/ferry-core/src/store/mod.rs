@@ -135,6 +135,9 @@ pub enum Ingested {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
     pub path: String,
+    /// Order of the step in its run (its position in the flow; for nested steps later, the
+    /// order they were reached in).
+    pub seq: u32,
     pub status: StepStatus,
     pub attempts: u32,
     pub started_at_ms: i64,

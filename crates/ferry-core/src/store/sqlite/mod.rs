@@ -304,44 +304,49 @@ fn claim(
     lease_until: i64,
     now: i64,
 ) -> Result<Vec<ClaimedRun>> {
-    let mut stmt = c.prepare_cached(
-        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3
-         WHERE id IN (
-            SELECT id FROM runs WHERE status = 'queued' AND next_at <= ?3
-            UNION ALL
-            SELECT id FROM runs WHERE status = 'running' AND lease_until < ?3
-            LIMIT ?4)
-         RETURNING id, flow, attempt, event",
-    )?;
-    let rows = stmt.query_map(params![owner, lease_until, now, limit as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, u32>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, flow, attempt, event) = row?;
+    // Literal LIMITs: a bound LIMIT makes SQLite re-prepare the statement on every call.
+    let mut ids: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT id FROM runs WHERE status = 'queued' AND next_at <= ?1 ORDER BY next_at LIMIT 128",
+        "SELECT id FROM runs WHERE status = 'running' AND lease_until < ?1 LIMIT 128",
+    ] {
+        if ids.len() >= limit {
+            break;
+        }
+        let mut stmt = c.prepare_cached(sql)?;
+        let rows = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+        for id in rows {
+            ids.push(id?);
+            if ids.len() >= limit {
+                break;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (flow, attempt, event) = c
+            .prepare_cached(
+                "UPDATE runs SET status = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?4
+                 WHERE id = ?1 RETURNING flow, attempt, event",
+            )?
+            .query_row(params![id, owner, lease_until, now], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?))
+            })?;
+        let steps = load_steps(c, &id)?;
         out.push(ClaimedRun {
             id,
             flow,
             attempt,
             event: serde_json::from_str(&event).unwrap_or(Json::Null),
-            steps: Vec::new(),
+            steps,
         });
-    }
-    drop(stmt);
-    for run in &mut out {
-        run.steps = load_steps(c, &run.id)?;
     }
     Ok(out)
 }
 
 fn load_steps(c: &Connection, run_id: &str) -> Result<Vec<StepRow>> {
     let mut stmt = c.prepare_cached(
-        "SELECT path, status, attempts, started_at, finished_at, output, error, request, response
+        "SELECT path, status, attempts, started_at, finished_at, output, error, request, response, seq
          FROM steps WHERE run_id = ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map([run_id], |r| {
@@ -351,6 +356,7 @@ fn load_steps(c: &Connection, run_id: &str) -> Result<Vec<StepRow>> {
         };
         Ok(StepRow {
             path: r.get(0)?,
+            seq: r.get(9)?,
             status: StepStatus::parse(&r.get::<_, String>(1)?),
             attempts: r.get(2)?,
             started_at_ms: r.get(3)?,
@@ -377,6 +383,7 @@ struct StepWriteText {
 
 struct RowText {
     path: String,
+    seq: u32,
     status: StepStatus,
     attempts: u32,
     started_at_ms: i64,
@@ -400,6 +407,7 @@ impl StepWriteText {
                 .into_iter()
                 .map(|r| RowText {
                     path: r.path,
+                    seq: r.seq,
                     status: r.status,
                     attempts: r.attempts,
                     started_at_ms: r.started_at_ms,
@@ -436,7 +444,7 @@ fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
     for row in &w.rows {
         c.prepare_cached(
             "INSERT INTO steps (run_id, path, seq, status, attempts, started_at, finished_at, output, error, request, response)
-             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             VALUES (?1, ?2, ?11, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
                started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
                error = excluded.error, request = excluded.request, response = excluded.response",
@@ -451,7 +459,8 @@ fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
             row.output,
             row.error,
             row.request,
-            row.response
+            row.response,
+            row.seq
         ])?;
     }
     match &w.update {
