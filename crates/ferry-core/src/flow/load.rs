@@ -280,3 +280,52 @@ pub fn check_source(file: &str, text: &str) -> Diagnostics {
     }
     diags
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FLOW: &str = "id: f\ntrigger: { webhook: { path: /h, dedupe: '{{ .event.headers.id }}' } }\nsteps:\n  - id: m\n    map: { a: '{{ .event.body.x | ascii_downcase }}' }\n  - id: g\n    filter: '.steps.m.a != null'\n";
+
+    proptest! {
+        // Whatever the file holds, checking it ends with a result, never a panic.
+        #[test]
+        fn any_text_is_checked_without_panic(text in "\\PC{0,300}") {
+            let _ = check_source("f.yaml", &text);
+        }
+
+        // A valid flow with one character changed anywhere: still no panic, and every
+        // diagnostic points inside the file.
+        #[test]
+        fn mutated_flows_get_located_diagnostics(at in 0usize..FLOW.len(), ch in proptest::char::any()) {
+            let mut text = FLOW.to_owned();
+            if text.is_char_boundary(at) {
+                text.insert(at, ch);
+            }
+            let lines = text.lines().count() as u32 + 1;
+            for d in check_source("f.yaml", &text).0 {
+                prop_assert!(d.pos.line <= lines, "{d} beyond line {lines}");
+            }
+        }
+
+        #[test]
+        fn any_template_compiles_or_is_refused_without_panic(text in "\\PC{0,120}") {
+            if let Ok(t) = crate::expr::Template::compile_str(&text)
+                && t.is_bounded()
+            {
+                let ctx = crate::expr::json_to_val(&serde_json::json!({"event": {"body": {"x": "A"}}}));
+                let _ = t.render(&ctx);
+            }
+        }
+    }
+
+    #[test]
+    fn the_unchanged_flow_is_valid() {
+        assert!(
+            check_source("f.yaml", FLOW).is_empty(),
+            "{}",
+            check_source("f.yaml", FLOW)
+        );
+    }
+}

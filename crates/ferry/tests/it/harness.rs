@@ -274,6 +274,8 @@ pub(crate) enum Fault {
     Reset,
     /// Answer 200 after a delay.
     Slow(Duration),
+    /// Answer 200 with a JSON body of this many bytes.
+    Big(usize),
 }
 
 #[derive(Default)]
@@ -370,6 +372,10 @@ async fn record(
         )
             .into_response(),
         Some(Fault::Reset) => panic!("injected connection reset"),
+        Some(Fault::Big(n)) => {
+            let body = format!("\"{}\"", "x".repeat(n.saturating_sub(2)));
+            ([("content-type", "application/json")], body).into_response()
+        }
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
             ok()

@@ -191,3 +191,52 @@ async fn expression_errors_fail_the_step_unless_on_error_continue() {
     );
     assert_eq!(run["error"]["step"], "worse");
 }
+
+#[tokio::test]
+async fn oversized_responses_fail_the_step_without_retry() {
+    let steps =
+        "  - id: call\n    http: { connection: api, path: /big, max_response_bytes: 1000 }\n";
+    let (receiver, _p, ferry) = start(steps).await;
+    receiver.fail_next([Fault::Big(5_000)]);
+    let id = trigger(&ferry).await;
+    let run = ferry.wait_final(&id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["kind"], "bad_response");
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit of 1000"),
+        "{run:#}"
+    );
+    assert_eq!(receiver.requests_to("/big").len(), 1);
+}
+
+#[tokio::test]
+async fn a_runaway_expression_fails_its_step_instead_of_hanging_a_worker() {
+    let steps = "  - id: spin\n    map: '{{ last(range(1e18)) }}'\n  - id: never\n    http: { connection: api, path: /never }\n";
+    let (receiver, _p, ferry) = start(steps).await;
+    let id = trigger(&ferry).await;
+    let run = ferry.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["kind"], "expression");
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 2s"),
+        "{run:#}"
+    );
+    // The step after it never ran, and the node still answers.
+    assert!(receiver.requests_to("/never").is_empty());
+    assert_eq!(
+        ferry
+            .http
+            .get(ferry.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -715,3 +715,218 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_run(id: &str, now: i64, dedupe: Option<(&str, i64)>) -> NewRun {
+        NewRun {
+            id: id.into(),
+            flow: "f".into(),
+            flow_version: "v1".into(),
+            event: r#"{"body":{"n":1}}"#.into(),
+            dedupe: dedupe.map(|(key, expires_at_ms)| Dedupe {
+                key: key.into(),
+                expires_at_ms,
+            }),
+            now_ms: now,
+            lease: None,
+        }
+    }
+
+    fn step(path: &str, seq: u32, status: StepStatus) -> StepRow {
+        StepRow {
+            path: path.into(),
+            seq,
+            status,
+            attempts: 1,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            output: Some(serde_json::json!({"v": path})),
+            error: None,
+            request: None,
+            response: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_within_the_window_return_the_first_run_and_expire_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .ingest(new_run("a", 100, Some(("k", 200))))
+                .await
+                .unwrap(),
+            Ingested::Created("a".into())
+        );
+        assert_eq!(
+            store
+                .ingest(new_run("b", 150, Some(("k", 250))))
+                .await
+                .unwrap(),
+            Ingested::Duplicate("a".into())
+        );
+        // After the window the key is free again, even before the purge ran.
+        assert_eq!(
+            store
+                .ingest(new_run("c", 200, Some(("k", 300))))
+                .await
+                .unwrap(),
+            Ingested::Created("c".into())
+        );
+        assert_eq!(store.purge_dedupe(1_000).await.unwrap(), 1);
+        let runs = store
+            .list_runs(RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["c", "a"]
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_never_hand_out_one_run_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for i in 0..200 {
+            store
+                .ingest(new_run(&format!("r{i:03}"), 10, None))
+                .await
+                .unwrap();
+        }
+        let mut claims = Vec::new();
+        for w in 0..8 {
+            let store = store.clone();
+            claims.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let runs = store.claim(&format!("w{w}"), 7, 30_000, 20).await.unwrap();
+                    if runs.is_empty() {
+                        return got;
+                    }
+                    got.extend(runs.into_iter().map(|r| r.id));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for c in claims {
+            all.extend(c.await.unwrap());
+        }
+        let total = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(total, 200, "every run claimed once");
+        assert_eq!(all.len(), 200, "no run claimed twice");
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_claimed_again_and_the_old_owner_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.ingest(new_run("r", 0, None)).await.unwrap();
+        let first = store.claim("old", 10, 1_000, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        // Within the lease nobody else gets it.
+        assert!(store.claim("new", 10, 1_000, 500).await.unwrap().is_empty());
+        // After it, the run is due again, with the steps stored so far.
+        let write = |owner: &str, path: &str, seq: u32, update: RunUpdate| StepWrite {
+            run_id: "r".into(),
+            owner: owner.into(),
+            rows: vec![step(path, seq, StepStatus::Succeeded)],
+            update,
+            now_ms: 600,
+        };
+        store
+            .write_step(write("old", "a", 0, RunUpdate::Continue))
+            .await
+            .unwrap();
+        let again = store.claim("new", 10, 1_000, 2_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].steps.len(), 1);
+        assert_eq!(again[0].steps[0].path, "a");
+        // The old owner's late write is refused; the new owner's lands.
+        let err = store
+            .write_step(write("old", "b", 1, RunUpdate::Continue))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        let done = RunUpdate::Finish {
+            status: RunStatus::Succeeded,
+            error: None,
+        };
+        store.write_step(write("new", "b", 1, done)).await.unwrap();
+        let run = store.get_run("r").await.unwrap().unwrap();
+        assert_eq!(run.summary.status, RunStatus::Succeeded);
+        assert_eq!(
+            run.steps
+                .iter()
+                .map(|s| s.path.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_from_the_failed_step_keeps_completed_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.ingest(new_run("r", 0, None)).await.unwrap();
+        store.claim("w", 1, 1_000, 1).await.unwrap();
+        let error = Some(serde_json::json!({"kind": "http_status", "status": 500}));
+        let w = StepWrite {
+            run_id: "r".into(),
+            owner: "w".into(),
+            rows: vec![
+                step("a", 0, StepStatus::Succeeded),
+                StepRow {
+                    error: error.clone(),
+                    ..step("b", 1, StepStatus::Failed)
+                },
+            ],
+            update: RunUpdate::Finish {
+                status: RunStatus::Dead,
+                error,
+            },
+            now_ms: 5,
+        };
+        store.write_step(w).await.unwrap();
+        let ids = store
+            .replay(ReplaySelect::One("r".into()), ReplayFrom::Failed, 10)
+            .await
+            .unwrap();
+        assert_eq!(ids, ["r"]);
+        let claimed = store.claim("w2", 1, 1_000, 11).await.unwrap();
+        assert_eq!(claimed[0].attempt, 2);
+        assert_eq!(
+            claimed[0]
+                .steps
+                .iter()
+                .map(|s| s.path.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        // Only failed or dead runs replay.
+        let err = store
+            .replay(ReplaySelect::One("r".into()), ReplayFrom::Start, 12)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is running"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open(dir.path()).unwrap();
+        let err = SqliteStore::open(dir.path()).err().expect("locked");
+        assert!(
+            err.to_string().contains("in use by another ferry process"),
+            "{err}"
+        );
+    }
+}
