@@ -126,16 +126,20 @@ fn print_table(runs: &Value) {
     let empty = vec![];
     let runs = runs["runs"].as_array().unwrap_or(&empty);
     if runs.is_empty() {
-        eprintln!("no runs");
+        say!("no runs");
         return;
     }
-    println!(
+    out!(
         "{:<36}  {:<24}  {:<9}  {:>7}  {:<24}  ERROR",
-        "ID", "FLOW", "STATUS", "ATTEMPT", "CREATED"
+        "ID",
+        "FLOW",
+        "STATUS",
+        "ATTEMPT",
+        "CREATED"
     );
     for r in runs {
         let err = r["error"]["message"].as_str().unwrap_or("");
-        println!(
+        out!(
             "{:<36}  {:<24}  {:<9}  {:>7}  {:<24}  {}",
             r["id"].as_str().unwrap_or(""),
             r["flow"].as_str().unwrap_or(""),
@@ -164,7 +168,7 @@ pub(super) async fn runs(cmd: RunsCommand, server: ServerArgs) -> anyhow::Result
             let v = c
                 .call(reqwest::Method::GET, &format!("/runs/{id}"), &[], None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            out!("{}", serde_json::to_string_pretty(&v)?);
         }
     }
     Ok(())
@@ -182,7 +186,7 @@ pub(super) async fn dlq(cmd: DlqCommand, server: ServerArgs) -> anyhow::Result<(
             let v = c
                 .call(reqwest::Method::GET, &format!("/runs/{id}"), &[], None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            out!("{}", serde_json::to_string_pretty(&v)?);
         }
         DlqCommand::Replay {
             id,
@@ -216,8 +220,8 @@ pub(super) async fn dlq(cmd: DlqCommand, server: ServerArgs) -> anyhow::Result<(
                     .await?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            eprintln!("replayed {} run(s)", v["replayed"]);
+            out!("{}", serde_json::to_string_pretty(&v)?);
+            say!("replayed {} run(s)", v["replayed"]);
         }
     }
     Ok(())

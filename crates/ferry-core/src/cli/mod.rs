@@ -1,5 +1,21 @@
 //! The `ferry` command line. Data goes to stdout, messages to stderr; `anyhow` lives here.
 
+/// `println!` that ignores a closed stdout (`ferry runs list | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod client;
 mod run;
 mod serve;
@@ -70,7 +86,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             2
         }
     }
@@ -85,6 +101,9 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log reader that goes away (a closed pipe) must not take the server down: the
+        // default reports write errors with say!, which panics on a closed stderr.
+        .log_internal_errors(false)
         .with_target(false);
     if json {
         builder.json().init();
@@ -96,11 +115,11 @@ fn init_logging() {
 fn validate(paths: &[PathBuf]) -> i32 {
     let diags = crate::flow::validate_paths(paths);
     if diags.is_empty() {
-        eprintln!("ok: no errors");
+        say!("ok: no errors");
         0
     } else {
-        println!("{diags}");
-        eprintln!(
+        out!("{diags}");
+        say!(
             "{} error{}",
             diags.len(),
             if diags.len() == 1 { "" } else { "s" }

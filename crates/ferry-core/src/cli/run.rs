@@ -41,9 +41,11 @@ impl Observer for Printer {
             .retry_in_ms
             .map(|ms| format!(" (next attempt in {ms} ms)"))
             .unwrap_or_default();
-        eprintln!(
+        say!(
             "  {mark:<7} {} [{}] attempt {} in {ms} ms{detail}{retry}",
-            r.step, r.kind, r.row.attempts
+            r.step,
+            r.kind,
+            r.row.attempts
         );
     }
 }
@@ -71,7 +73,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let diags = crate::flow::validate_paths(&paths);
     if !diags.is_empty() {
-        println!("{diags}");
+        out!("{diags}");
         return Ok(1);
     }
     let project = crate::flow::load::load_files(&args.flow, &dir.join("connections"))
@@ -111,7 +113,7 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if store.ingest(new).await? != Ingested::Created(run_id.clone()) {
         bail!("could not queue the run");
     }
-    eprintln!("run {run_id} of flow `{}`", flow.id);
+    say!("run {run_id} of flow `{}`", flow.id);
     loop {
         let now = chrono::Utc::now().timestamp_millis();
         let claimed = store.claim(&engine.owner, 1, 60_000, now).await?;
@@ -142,11 +144,11 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .get_run(&run_id)
         .await?
         .context("the run disappeared")?;
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(&crate::server::run_json(&detail))?
     );
-    eprintln!("run {}", detail.summary.status.as_str());
+    say!("run {}", detail.summary.status.as_str());
     Ok(if detail.summary.status == RunStatus::Succeeded {
         0
     } else {

@@ -49,7 +49,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let project = match crate::flow::load_project(&args.dir) {
         Ok(p) => p,
         Err(diags) => {
-            println!("{diags}");
+            out!("{diags}");
             bail!("{} error(s) in flow files; nothing started", diags.len());
         }
     };
@@ -78,11 +78,12 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(shutdown.clone(), args.grace));
+    let signalled = shutdown_signal()?;
     tracing::info!(flows, data = %data.display(), "listening on {addr}");
 
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         tracing::info!("shutting down: no new requests; in-flight runs get the grace period");
         signal.cancel();
     });
@@ -95,19 +96,26 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGINT/SIGTERM handlers now (before "listening on" is logged, so a signal
+/// sent right after start is not lost) and returns a future that ends on the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

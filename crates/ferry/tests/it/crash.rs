@@ -171,3 +171,51 @@ async fn sigterm_lets_in_flight_runs_finish() {
         "the in-flight step was cut off and ran again"
     );
 }
+
+#[test]
+fn a_closed_log_pipe_does_not_stop_the_server_from_shutting_down() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // Regression: with the log reader gone, the first log line of the shutdown panicked
+    // (the logger reported its write error with eprintln!), the signal was lost, and the
+    // server kept running after SIGTERM.
+    let project = Project::new(
+        &[(
+            "flows/a.yaml",
+            "id: a\ntrigger: manual\nsteps:\n  - id: m\n    map: 1\n",
+        )],
+        None,
+    );
+    let mut child = Command::new(crate::harness::bin())
+        .arg("serve")
+        .arg(project.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    drop(lines);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server ignored SIGTERM once its log pipe was closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
