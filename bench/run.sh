@@ -52,6 +52,12 @@ steps:
     http: { connection: sink, method: POST, path: /contacts, body: '{{ .steps.contact }}' }
 YAML
 
+stop_ferry() { # SIGTERM, then wait (at most 15 s) for the process to exit
+  kill "$PID" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$PID" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$PID" 2>/dev/null || true
+}
+
 rss() { awk -v k="$2" '$1==k":" {print int($2/1024) " MB"}' "/proc/$1/status"; }
 
 start_ferry() {
@@ -77,7 +83,7 @@ echo
 echo "start to first 202: ${MS} ms"
 sleep 1
 echo "idle RSS: $(rss "$PID" VmRSS)"
-kill "$PID"; wait "$PID" 2>/dev/null || true
+stop_ferry
 
 for scenario in ingest e2e; do
   for c in 16 64; do
@@ -99,6 +105,6 @@ for scenario in ingest e2e; do
       secs=$(awk -v a="$t0" -v b="$last" 'BEGIN {printf "%.1f", (b-a)/1000}')
       echo "  delivered ${delivered} of ${acked} acked in ${secs}s = $(awk -v d="$delivered" -v s="$secs" 'BEGIN {print int(d/s)}') ev/s end to end; peak RSS $(rss "$PID" VmHWM)"
     fi
-    kill "$PID"; wait "$PID" 2>/dev/null || true
+    stop_ferry
   done
 done
