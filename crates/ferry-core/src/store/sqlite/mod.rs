@@ -34,7 +34,32 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Box<dyn Job>>,
     path: PathBuf,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Dropped with the store: the checkpointer thread then stops.
+    _checkpointer: std::sync::mpsc::Sender<()>,
     _lock: File,
+}
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Checkpoints on a connection of its own, so the writer never stops for one: SQLite's
+/// automatic checkpoint runs inside a committing write, which stalls every caller waiting
+/// for that commit. PASSIVE never blocks the writer (or readers).
+fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+    let conn = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpointer cannot open the database; the WAL will grow");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -108,15 +133,23 @@ impl SqliteStore {
                 "requeued runs left running by the previous process"
             );
         }
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let db = path.clone();
+        std::thread::Builder::new()
+            .name("ferry-sqlite-checkpoint".into())
+            .spawn(move || checkpointer(db, stopped))
+            .map_err(|e| StoreError::Db(format!("cannot start checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             tx,
             path,
             readers: Arc::new(Mutex::new(Vec::new())),
+            _checkpointer: stop,
             _lock: lock,
         })
     }
