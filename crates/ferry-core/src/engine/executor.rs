@@ -6,9 +6,7 @@
 //! them after a crash yields the same values and no effect outside. A step that calls out
 //! always has its outcome committed before the next step starts.
 
-use std::sync::Arc;
-
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 
 use super::Engine;
 use crate::flow::model::OnError;
@@ -74,14 +72,15 @@ impl Engine {
         flow: &Flow,
         run: ClaimedRun,
     ) -> Result<(), crate::store::StoreError> {
+        let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
+        let mut outputs = crate::expr::RunContext::new(&run.event, &run_info);
         // Results of steps already done (a resumed or replayed run).
-        let mut outputs = Map::new();
         let mut done = std::collections::HashSet::new();
         let mut prior_attempts = std::collections::HashMap::new();
         for row in &run.steps {
             match row.status {
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
-                    outputs.insert(row.path.clone(), row.output.clone().unwrap_or(Json::Null));
+                    outputs.set_step(&row.path, row.output.as_ref().unwrap_or(&Json::Null));
                     done.insert(row.path.clone());
                 }
                 StepStatus::Retrying => {
@@ -89,7 +88,6 @@ impl Engine {
                 }
             }
         }
-        let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
         let mut pending: Vec<StepRow> = Vec::new();
 
         for (i, step) in flow.steps.iter().enumerate() {
@@ -97,12 +95,7 @@ impl Engine {
                 continue;
             }
             let last = i + 1 == flow.steps.len();
-            let ctx = Arc::new(json!({
-                "event": run.event,
-                "steps": outputs,
-                "run": run_info,
-                "item": null,
-            }));
+            let ctx = outputs.val();
             let started = self.clock.now_ms();
             let attempt = prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
 
@@ -132,7 +125,7 @@ impl Engine {
                         None,
                     );
                     self.report(&run.id, step, &row, None);
-                    outputs.insert(step.id.clone(), Json::Null);
+                    outputs.set_step(&step.id, &Json::Null);
                     pending.push(row);
                     if last {
                         Next::Stop(RunUpdate::Finish {
@@ -181,7 +174,7 @@ impl Engine {
     async fn guard(
         &self,
         step: &CompiledStep,
-        ctx: &Arc<Json>,
+        ctx: &jaq_json::Val,
     ) -> Result<bool, crate::expr::EvalError> {
         let Some(when) = &step.when else {
             return Ok(true);
@@ -194,7 +187,7 @@ impl Engine {
         &self,
         step: &CompiledStep,
         run_id: &str,
-        ctx: Arc<Json>,
+        ctx: jaq_json::Val,
     ) -> Result<StepOutput, StepError> {
         let cx = StepCx {
             ctx,
@@ -224,7 +217,7 @@ impl Engine {
         attempt: u32,
         started: i64,
         result: Result<StepOutput, StepError>,
-        outputs: &mut Map<String, Json>,
+        outputs: &mut crate::expr::RunContext,
         pending: &mut Vec<StepRow>,
         last: bool,
     ) -> Result<Next, crate::store::StoreError> {
@@ -242,7 +235,7 @@ impl Engine {
                 )
                 .with_request(out.request);
                 self.report(run_id, step, &row, None);
-                outputs.insert(step.id.clone(), out.value);
+                outputs.set_step(&step.id, &out.value);
                 pending.push(row);
                 if out.stop || last {
                     return Ok(Next::Stop(RunUpdate::Finish {
@@ -284,7 +277,7 @@ impl Engine {
                     OnError::Continue => {
                         let value = json!({ "error": error });
                         r.output = Some(value.clone());
-                        outputs.insert(step.id.clone(), value);
+                        outputs.set_step(&step.id, &value);
                         pending.push(r);
                         if last {
                             return Ok(Next::Stop(RunUpdate::Finish {

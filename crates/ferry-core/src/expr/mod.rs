@@ -376,7 +376,53 @@ fn offset_in(whole: &str, part: &str) -> usize {
     }
 }
 
-/// Turns a JSON context into a jaq value (done once per evaluation batch).
+/// The expression context of a run (SPEC §6) as jaq values. The event is converted once per
+/// run and each step's output once, when it is produced; every step then gets a context that
+/// shares them (jaq values are reference-counted) instead of converting the whole run again.
+#[derive(Clone)]
+pub struct RunContext {
+    event: Val,
+    run: Val,
+    steps: jaq_json::Map,
+}
+
+fn key(k: &str) -> Val {
+    Val::from(k.to_owned())
+}
+
+impl RunContext {
+    pub fn new(event: &serde_json::Value, run: &serde_json::Value) -> RunContext {
+        RunContext {
+            event: json_to_val(event),
+            run: json_to_val(run),
+            steps: jaq_json::Map::default(),
+        }
+    }
+
+    /// Records `.steps.<id>`.
+    pub fn set_step(&mut self, id: &str, output: &serde_json::Value) {
+        self.steps.insert(key(id), json_to_val(output));
+    }
+
+    /// `{"event", "steps", "run", "item": null}`.
+    pub fn val(&self) -> Val {
+        let mut m = jaq_json::Map::default();
+        m.insert(key("event"), self.event.clone());
+        m.insert(key("steps"), Val::obj(self.steps.clone()));
+        m.insert(key("run"), self.run.clone());
+        m.insert(key("item"), Val::Null);
+        Val::obj(m)
+    }
+}
+
+/// `{"event": event}`: what a webhook's `dedupe:` sees.
+pub fn event_context(event: &serde_json::Value) -> Val {
+    let mut m = jaq_json::Map::default();
+    m.insert(key("event"), json_to_val(event));
+    Val::obj(m)
+}
+
+/// Turns a JSON value into a jaq value.
 pub fn json_to_val(v: &serde_json::Value) -> Val {
     use serde::Deserialize;
     Val::deserialize(v).unwrap_or(Val::Null)
@@ -443,14 +489,14 @@ pub fn runaway_count() -> usize {
 /// time-limited pool.
 pub async fn eval_value(
     e: &Expr,
-    ctx: &std::sync::Arc<serde_json::Value>,
+    ctx: &Val,
     timeout: Duration,
 ) -> Result<serde_json::Value, EvalError> {
     if e.is_bounded() {
-        return e.eval(&json_to_val(ctx));
+        return e.eval(ctx);
     }
     let (e, ctx) = (e.clone(), ctx.clone());
-    eval_blocking(timeout, move || e.eval(&json_to_val(&ctx))).await
+    eval_blocking(timeout, move || e.eval(&ctx)).await
 }
 
 /// jq truthiness: anything but `false` and `null`.

@@ -93,19 +93,13 @@ pub(super) async fn ingest(
     now: i64,
 ) -> Result<(StatusCode, String), ApiError> {
     let mut dedupe = None;
-    let mut event = event;
     if let Some(w) = flow.webhook()
         && let Some(expr) = &w.dedupe
     {
-        let ctx = Arc::new(json!({ "event": event }));
+        let ctx = crate::expr::event_context(&event);
         let key = crate::expr::eval_value(expr, &ctx, state.engine.config.expr_timeout)
             .await
             .map_err(|e| ApiError::BadRequest(format!("dedupe expression failed: {e}")))?;
-        event = match Arc::try_unwrap(ctx) {
-            Ok(Json::Object(mut m)) => m.remove("event").unwrap_or(Json::Null),
-            Ok(_) => Json::Null,
-            Err(shared) => shared["event"].clone(),
-        };
         let key = match key {
             Json::Null => None,
             Json::String(s) if s.is_empty() => None,

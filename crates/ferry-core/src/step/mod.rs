@@ -66,7 +66,7 @@ pub trait Step: Send + Sync + 'static {
 /// What a step sees while it runs.
 pub struct StepCx {
     /// The expression context of SPEC §6 (`event`, `steps`, `run`, `item`).
-    pub ctx: Arc<Json>,
+    pub ctx: Val,
     pub run_id: String,
     pub step_path: String,
     /// Stable per run and step: the same on every retry and after a crash.
@@ -85,10 +85,10 @@ impl StepCx {
         F: FnOnce(&Val) -> Result<T, EvalError> + Send + 'static,
     {
         if bounded {
-            return f(&expr::json_to_val(&self.ctx)).map_err(StepError::expression);
+            return f(&self.ctx).map_err(StepError::expression);
         }
         let ctx = self.ctx.clone();
-        expr::eval_blocking(self.expr_timeout, move || f(&expr::json_to_val(&ctx)))
+        expr::eval_blocking(self.expr_timeout, move || f(&ctx))
             .await
             .map_err(StepError::expression)
     }

@@ -54,7 +54,8 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
         }
     };
     let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "checkpoint failed");
         }
