@@ -237,17 +237,7 @@ impl Engine {
                 self.report(run_id, step, &row, None);
                 outputs.set_step(&step.id, &out.value);
                 pending.push(row);
-                if out.stop || last {
-                    return Ok(Next::Stop(RunUpdate::Finish {
-                        status: RunStatus::Succeeded,
-                        error: None,
-                    }));
-                }
-                if step.step.calls_out() {
-                    self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
-                        .await?;
-                }
-                Ok(Next::Go)
+                self.advance(run_id, step, pending, out.stop || last).await
             }
             Err(e) => {
                 let retryable = e.is_retryable(&step.retry);
@@ -279,17 +269,7 @@ impl Engine {
                         r.output = Some(value.clone());
                         outputs.set_step(&step.id, &value);
                         pending.push(r);
-                        if last {
-                            return Ok(Next::Stop(RunUpdate::Finish {
-                                status: RunStatus::Succeeded,
-                                error: None,
-                            }));
-                        }
-                        if step.step.calls_out() {
-                            self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
-                                .await?;
-                        }
-                        Ok(Next::Go)
+                        self.advance(run_id, step, pending, last).await
                     }
                     OnError::Fail => {
                         pending.push(r);
@@ -310,6 +290,28 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// After a step's outcome is recorded in `pending`: end the run (as succeeded) when
+    /// `done`, else go on — committing first when the step had effects outside Ferry.
+    async fn advance(
+        &self,
+        run_id: &str,
+        step: &CompiledStep,
+        pending: &mut Vec<StepRow>,
+        done: bool,
+    ) -> Result<Next, crate::store::StoreError> {
+        if done {
+            return Ok(Next::Stop(RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                error: None,
+            }));
+        }
+        if step.step.calls_out() {
+            self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
+                .await?;
+        }
+        Ok(Next::Go)
     }
 
     async fn commit(

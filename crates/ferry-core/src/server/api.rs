@@ -236,6 +236,11 @@ async fn list_runs(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = query(q)?.filter()?;
+    page(&state, filter).await
+}
+
+/// One page of runs, newest first; `next` is the cursor for the following page (`before`).
+async fn page(state: &AppState, filter: RunFilter) -> Result<Json<Value>, ApiError> {
     let limit = filter.limit as usize;
     let runs = state.engine.store.list_runs(filter).await?;
     let next = if runs.len() == limit {
@@ -267,16 +272,7 @@ async fn list_dlq(
     if filter.statuses.is_empty() {
         filter.statuses = vec![RunStatus::Failed, RunStatus::Dead];
     }
-    let limit = filter.limit as usize;
-    let runs = state.engine.store.list_runs(filter).await?;
-    let next = if runs.len() == limit {
-        runs.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
-    Ok(Json(
-        json!({ "runs": runs.iter().map(summary_json).collect::<Vec<_>>(), "next": next }),
-    ))
+    page(&state, filter).await
 }
 
 async fn get_run(
