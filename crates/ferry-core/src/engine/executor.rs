@@ -38,15 +38,7 @@ impl Engine {
         let run_id = run.id.clone();
         let Some(flow) = self.project.flow(&run.flow).cloned() else {
             let error = json!({"kind": "config", "message": format!("flow `{}` is not loaded on this node", run.flow)});
-            self.write(
-                &run_id,
-                Vec::new(),
-                RunUpdate::Finish {
-                    status: RunStatus::Failed,
-                    error: Some(error),
-                },
-            )
-            .await;
+            self.fail_run(&run_id, error).await;
             return;
         };
         match self.execute_flow(&flow, run).await {
@@ -312,6 +304,19 @@ impl Engine {
                 .await?;
         }
         Ok(Next::Go)
+    }
+
+    /// Ends a run as failed without a step result (the flow is gone, or execution panicked).
+    pub(crate) async fn fail_run(&self, run_id: &str, error: Json) {
+        self.write(
+            run_id,
+            Vec::new(),
+            RunUpdate::Finish {
+                status: RunStatus::Failed,
+                error: Some(error),
+            },
+        )
+        .await;
     }
 
     async fn commit(

@@ -135,7 +135,17 @@ impl Engine {
     ) {
         let engine = self.clone();
         self.tasks.spawn(async move {
-            engine.execute(run).await;
+            use futures::FutureExt;
+            let run_id = run.id.clone();
+            // A panic is a bug, and would repeat on every retry: end the run as failed (a dead
+            // letter, replayable once fixed) instead of leaving it leased and renewed forever.
+            if std::panic::AssertUnwindSafe(engine.execute(run)).catch_unwind().await.is_err() {
+                tracing::error!(run = %run_id, "run panicked; it is failed and kept as a dead letter");
+                let error = serde_json::json!({"kind": "internal", "message": "internal error while executing the run; see the server log"});
+                engine
+                    .fail_run(&run_id, error)
+                    .await;
+            }
             engine.finished.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             engine.wake.notify_one();
