@@ -71,9 +71,14 @@ pub fn main() -> i32 {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // jq evaluation recurses per nesting level of the data it walks; a large stack
+        // (address space, not memory: only touched pages are resident) keeps deep but legal
+        // values from overflowing it.
+        .thread_stack_size(64 * 1024 * 1024)
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(async move {
+    // On a worker thread (large stack, see above), not on the main thread's 8 MiB.
+    let main = runtime.spawn(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|_| 0),
             Command::Run(args) => run::run(args).await,
@@ -82,6 +87,9 @@ pub fn main() -> i32 {
             Command::Dlq { command, server } => client::dlq(command, server).await.map(|_| 0),
         }
     });
+    let result = runtime
+        .block_on(main)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")));
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(code) => code,

@@ -35,7 +35,19 @@ const PRELUDE: &str = concat!(
     "def input: error(\"`input` is not available in Ferry expressions\"); ",
     "def inputs: error(\"`inputs` is not available in Ferry expressions\"); ",
     "def debug: .; def debug(m): .; def stderr: .; ",
+    // jaq's `fromjson` recurses once per nesting level, so a string of 20,000 `[` taken from
+    // a webhook body would overflow the stack and abort the server. A string long enough to
+    // nest that deep must hold fewer than MAX_FROMJSON_BRACKETS `[`/`{` to be parsed.
+    "def __ferry_native_fromjson: fromjson; ",
+    "def fromjson: if type == \"string\" and length > 20000 ",
+    "and ([explode[] | select(. == 91 or . == 123)] | length) > 20000 ",
+    "then error(\"fromjson: more than 20000 `[` or `{` in the input; Ferry refuses JSON nested this deep\") ",
+    "else __ferry_native_fromjson end; ",
 );
+
+/// Deepest bracket nesting accepted in an expression's source: jaq's parser recurses per
+/// level, and a few thousand levels overflow a thread's stack.
+pub const MAX_SOURCE_NESTING: usize = 256;
 
 /// A compiled jq expression; cheap to clone.
 #[derive(Clone)]
@@ -82,6 +94,12 @@ impl Expr {
             .chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
+        if let Some(offset) = too_deep(src) {
+            return Err(CompileError {
+                offset,
+                message: format!("expression nested deeper than {MAX_SOURCE_NESTING} levels"),
+            });
+        }
         let code = format!("{PRELUDE}{src}");
         let full = code.as_str();
         let offset_in = |_: &str, part: &str| offset_in(full, part).saturating_sub(PRELUDE.len());
@@ -366,6 +384,24 @@ fn is_bounded(src: &str) -> bool {
     true
 }
 
+/// Where `src` first nests brackets deeper than `MAX_SOURCE_NESTING`, if it does.
+fn too_deep(src: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, b) in src.bytes().enumerate() {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_SOURCE_NESTING {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Byte offset of `part` in `whole` when `part` is a slice of it (jaq's errors are), else 0.
 fn offset_in(whole: &str, part: &str) -> usize {
     let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
@@ -613,6 +649,35 @@ mod tests {
         ] {
             assert!(!is_bounded(src), "{src} should not be bounded");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_instead_of_overflowing_the_stack() {
+        // Regression (fuzzing): 3,200 nested parentheses aborted `ferry validate`.
+        let src = format!("{}1{}", "(".repeat(3200), ")".repeat(3200));
+        let err = Expr::compile(&src).unwrap_err();
+        assert_eq!(err.message, "expression nested deeper than 256 levels");
+        assert_eq!(err.offset, 256);
+        // Regression (fuzzing): `fromjson` on a 40 KB string of `[` aborted the server.
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        let e = Expr::compile(".s | fromjson").unwrap();
+        let err = e.eval(&json_to_val(&json!({"s": deep}))).unwrap_err();
+        assert!(err.message.contains("nested this deep"), "{}", err.message);
+        // Ordinary use is untouched, long strings included.
+        let ok = format!("[{}1]", "1,".repeat(30_000));
+        assert_eq!(
+            e.eval(&json_to_val(&json!({"s": "{\"a\": [1, 2]}"})))
+                .unwrap(),
+            json!({"a": [1, 2]})
+        );
+        assert_eq!(
+            e.eval(&json_to_val(&json!({"s": ok})))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            30_001
+        );
     }
 
     #[test]

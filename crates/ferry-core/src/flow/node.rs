@@ -134,7 +134,7 @@ pub fn parse_yaml(text: &str) -> Result<Node, YamlError> {
                 message = rest;
             }
             // "… at line 2, column 15": the position is in front already.
-            if let Some(i) = message.rfind(" at line ") {
+            if let Some(i) = message.find(" at line ") {
                 message = &message[..i];
             }
             let message = message.to_owned();

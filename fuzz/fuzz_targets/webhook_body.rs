@@ -1,0 +1,41 @@
+//! Inbound webhook bodies, as the server receives them: any bytes under each supported content
+//! type, with the server's default nesting limit.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+use ferry_core::trigger::webhook::{BodyError, json_depth, parse_body};
+
+/// `ferry serve --max-depth` default.
+const MAX_DEPTH: usize = 64;
+
+const CONTENT_TYPES: &[&str] = &[
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "text/plain",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let depth = json_depth(data);
+    for ct in CONTENT_TYPES {
+        let parsed = parse_body(Some(ct), data, MAX_DEPTH);
+        if *ct == "application/json" {
+            match &parsed {
+                // For valid JSON the pre-parse count is exact, not just an upper bound.
+                Ok(v) => assert_eq!(depth, nesting(v), "json_depth of a parsed body"),
+                Err(BodyError::TooDeep(_)) => assert!(depth > MAX_DEPTH),
+                Err(_) => {}
+            }
+        }
+    }
+});
+
+fn nesting(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
