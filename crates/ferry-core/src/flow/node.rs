@@ -137,7 +137,20 @@ pub fn parse_yaml(text: &str) -> Result<Node, YamlError> {
             if let Some(i) = message.find(" at line ") {
                 message = &message[..i];
             }
-            let message = message.to_owned();
+            // serde-saphyr's limits (nodes, depth, alias expansion) stop YAML bombs; say so plainly.
+        let message = match message.strip_prefix("budget breached:") {
+            Some(which) => {
+                // `Nodes { nodes: 250001 }` → `nodes: 250001`
+                let which = which.trim();
+                let inner = which
+                    .split_once('{')
+                    .and_then(|(_, rest)| rest.rsplit_once('}'))
+                    .map(|(inside, _)| inside.trim())
+                    .unwrap_or(which);
+                format!("the document is too large once its anchors and aliases are expanded ({inner})")
+            }
+            None => message.to_owned(),
+        };
             YamlError { pos, message }
         })?;
     Ok(raw_to_node(raw))
@@ -849,6 +862,29 @@ mod tests {
         let conf: Conf = node.parse().unwrap();
         assert_eq!(conf.name.value, "hello");
         assert_eq!(conf.name.pos, Pos { line: 2, col: 7 });
+    }
+
+    #[test]
+    fn yaml_bombs_are_refused_with_a_plain_message() {
+        let mut doc = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = "a".to_owned();
+        for i in 0..8 {
+            let name = format!("b{i}");
+            doc.push_str(&format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            ));
+            prev = name;
+        }
+        let err = parse_yaml(&doc).unwrap_err();
+        assert!(
+            err.message.starts_with(
+                "the document is too large once its anchors and aliases are expanded ("
+            ),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains('{'), "{}", err.message);
     }
 
     #[test]
