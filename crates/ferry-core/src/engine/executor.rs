@@ -65,7 +65,7 @@ impl Engine {
         run: ClaimedRun,
     ) -> Result<(), crate::store::StoreError> {
         let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
-        let mut outputs = crate::expr::RunContext::new(&run.event, &run_info);
+        let mut outputs = crate::expr::RunContext::from_text(&run.event, &run_info);
         // Results of steps already done (a resumed or replayed run).
         let mut done = std::collections::HashSet::new();
         let mut prior_attempts = std::collections::HashMap::new();

@@ -427,9 +427,12 @@ fn key(k: &str) -> Val {
 }
 
 impl RunContext {
-    pub fn new(event: &serde_json::Value, run: &serde_json::Value) -> RunContext {
+    /// From the event as stored (JSON text), parsed straight into jq values: cheaper than
+    /// text → serde_json → jq (a tenth of a worker's time under load went to the latter).
+    pub fn from_text(event: &str, run: &serde_json::Value) -> RunContext {
+        let event = jaq_json::read::parse_single(event.as_bytes()).unwrap_or(Val::Null);
         RunContext {
-            event: json_to_val(event),
+            event,
             run: json_to_val(run),
             steps: jaq_json::Map::default(),
         }

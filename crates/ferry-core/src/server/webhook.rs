@@ -118,11 +118,13 @@ pub(super) async fn ingest(
         owner: state.engine.owner.clone(),
         until_ms: state.engine.lease_until(now),
     });
+    let event = event.to_string();
+    let run_event = permit.as_ref().map(|_| event.clone());
     let run = NewRun {
         id: crate::util::new_run_id(),
         flow: flow.id.clone(),
         flow_version: flow.version.clone(),
-        event: event.to_string(),
+        event,
         dedupe,
         now_ms: now,
         lease,
@@ -135,7 +137,7 @@ pub(super) async fn ingest(
                         id: id.clone(),
                         flow: flow.id.clone(),
                         attempt: 1,
-                        event,
+                        event: run_event.unwrap_or_default(),
                         steps: Vec::new(),
                     };
                     state.engine.start_claimed(run, permit);

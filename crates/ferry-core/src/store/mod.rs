@@ -154,7 +154,8 @@ pub struct ClaimedRun {
     pub id: String,
     pub flow: String,
     pub attempt: u32,
-    pub event: Json,
+    /// The event as stored (JSON text): the executor parses it straight into jq values.
+    pub event: String,
     pub steps: Vec<StepRow>,
 }
 

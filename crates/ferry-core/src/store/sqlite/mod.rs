@@ -371,7 +371,7 @@ fn claim(
             id,
             flow,
             attempt,
-            event: serde_json::from_str(&event).unwrap_or(Json::Null),
+            event,
             steps,
         });
     }
