@@ -216,6 +216,24 @@ impl Ferry {
         v
     }
 
+    /// Posts a JSON event to a webhook path (expecting 202) and waits for its run to end.
+    pub(crate) async fn run_event(&self, path: &str, body: &Value) -> Value {
+        let resp = self.post_json(path, body, &[]).await;
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        self.wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(20))
+            .await
+    }
+
+    /// True when `/healthz` answers 200.
+    pub(crate) async fn healthy(&self) -> bool {
+        self.http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
     /// Polls until the run reaches a final status (or panics after `timeout`).
     pub(crate) async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
         let until = Instant::now() + timeout;

@@ -229,16 +229,7 @@ async fn a_runaway_expression_fails_its_step_instead_of_hanging_a_worker() {
     );
     // The step after it never ran, and the node still answers.
     assert!(receiver.requests_to("/never").is_empty());
-    assert_eq!(
-        ferry
-            .http
-            .get(ferry.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert!(ferry.healthy().await);
 }
 
 #[tokio::test]
@@ -248,15 +239,7 @@ async fn a_deeply_nested_payload_fails_its_step_and_the_server_lives_on() {
     let steps = "  - id: parse\n    map: '{{ .event.body.payload | fromjson }}'\n";
     let (_receiver, _p, ferry) = start(steps).await;
     let payload = format!("{}{}", "[".repeat(25_000), "]".repeat(25_000));
-    let v: Value = ferry
-        .post_json("/in", &json!({ "payload": payload }), &[])
-        .await
-        .json()
-        .await
-        .unwrap();
-    let run = ferry
-        .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(10))
-        .await;
+    let run = ferry.run_event("/in", &json!({ "payload": payload })).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert!(
         run["error"]["message"]
@@ -267,24 +250,7 @@ async fn a_deeply_nested_payload_fails_its_step_and_the_server_lives_on() {
     );
     // Deep but acceptable nesting parses.
     let payload = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
-    let v: Value = ferry
-        .post_json("/in", &json!({ "payload": payload }), &[])
-        .await
-        .json()
-        .await
-        .unwrap();
-    let run = ferry
-        .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(10))
-        .await;
+    let run = ferry.run_event("/in", &json!({ "payload": payload })).await;
     assert_eq!(run["status"], "succeeded", "{}", &run.to_string()[..200]);
-    assert_eq!(
-        ferry
-            .http
-            .get(ferry.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert!(ferry.healthy().await);
 }
