@@ -222,12 +222,16 @@ impl Engine {
                     attempt,
                     started,
                     finished,
-                    Some(out.value.clone()),
+                    None,
                     None,
                 )
                 .with_request(out.request);
-                self.report(run_id, step, &row, None);
                 outputs.set_step(&step.id, &out.value);
+                let row = StepRow {
+                    output: Some(out.value),
+                    ..row
+                };
+                self.report(run_id, step, &row, None);
                 pending.push(row);
                 self.advance(run_id, step, pending, out.stop || last).await
             }
