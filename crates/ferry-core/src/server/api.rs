@@ -242,8 +242,17 @@ async fn list_runs(
 /// One page of runs, newest first; `next` is the cursor for the following page (`before`).
 async fn page(state: &AppState, filter: RunFilter) -> Result<Json<Value>, ApiError> {
     let limit = filter.limit as usize;
-    let runs = state.engine.store.list_runs(filter).await?;
-    let next = if runs.len() == limit {
+    // One more than asked: `next` is set only when another page really exists.
+    let mut runs = state
+        .engine
+        .store
+        .list_runs(RunFilter {
+            limit: filter.limit + 1,
+            ..filter
+        })
+        .await?;
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
         runs.last().map(|r| r.id.clone())
     } else {
         None

@@ -413,3 +413,44 @@ async fn a_rendered_path_never_sends_connection_credentials_to_another_host() {
         assert_eq!(r.header("x-api-key"), "sk_live_topsecret");
     }
 }
+
+#[tokio::test]
+async fn run_listings_page_with_a_cursor_that_ends_on_the_last_page() {
+    let (_receiver, _p, ferry) = setup().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let run = ferry
+            .run_event(
+                "/hooks/signup",
+                &json!({"email": format!("p{n}@x.y"), "first": "P", "last": "Q"}),
+            )
+            .await;
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    let (_, first) = ferry.api(Method::GET, "/runs?limit=2", None).await;
+    let got: Vec<&str> = first["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[2].as_str(), ids[1].as_str()], "newest first");
+    let next = first["next"].as_str().expect("a second page exists");
+    let (_, second) = ferry
+        .api(Method::GET, &format!("/runs?limit=2&before={next}"), None)
+        .await;
+    let got: Vec<&str> = second["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[0].as_str()]);
+    assert_eq!(
+        second["next"],
+        Value::Null,
+        "no empty page after the last one"
+    );
+    let (_, exact) = ferry.api(Method::GET, "/runs?limit=3", None).await;
+    assert_eq!(exact["next"], Value::Null);
+}

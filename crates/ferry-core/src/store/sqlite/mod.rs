@@ -717,7 +717,7 @@ impl Store for SqliteStore {
     fn list_runs(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunSummary>>> {
         self.read(move |c| {
             let (wh, args) = filter_sql(&filter, false);
-            let limit = filter.limit.clamp(1, 1000);
+            let limit = filter.limit.clamp(1, 10_000);
             let sql =
                 format!("SELECT {SUMMARY_COLS} FROM runs {wh} ORDER BY id DESC LIMIT {limit}");
             let mut stmt = c.prepare(&sql)?;
