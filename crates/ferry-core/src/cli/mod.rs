@@ -75,6 +75,9 @@ pub fn main() -> i32 {
         // (address space, not memory: only touched pages are resident) keeps deep but legal
         // values from overflowing it.
         .thread_stack_size(64 * 1024 * 1024)
+        // Bounded: at most 64 abandoned runaway expressions (expr::MAX_RUNAWAYS) plus room
+        // for store reads and other evaluations, instead of tokio's default of 512 threads.
+        .max_blocking_threads(128)
         .build()
         .expect("tokio runtime");
     // On a worker thread (large stack, see above), not on the main thread's 8 MiB.
