@@ -163,6 +163,17 @@ async fn filter_that_fails_ends_the_run_as_succeeded_without_calling_out() {
     assert!(receiver.requests().is_empty());
 }
 
+/// POSTs a body and checks the answer is the given problem; returns the problem.
+async fn post_problem(
+    ferry: &Ferry,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    status: u16,
+) -> Value {
+    problem(ferry.post(path, content_type, body, &[]).await, status).await
+}
+
 async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status(), status);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
@@ -178,10 +189,11 @@ async fn problem(resp: reqwest::Response, status: u16) -> Value {
 #[tokio::test]
 async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
     let (receiver, _p, ferry) = setup_with(&["--max-body", "65536", "--max-depth", "32"]).await;
-    let v = problem(
-        ferry
-            .post("/hooks/signup", "application/json", "{\"email\": ", &[])
-            .await,
+    let v = post_problem(
+        &ferry,
+        "/hooks/signup",
+        "application/json",
+        "{\"email\": ",
         400,
     )
     .await;
@@ -190,23 +202,11 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
         "{v}"
     );
 
-    let v = problem(
-        ferry
-            .post("/hooks/signup", "application/pdf", "%PDF", &[])
-            .await,
-        415,
-    )
-    .await;
+    let v = post_problem(&ferry, "/hooks/signup", "application/pdf", "%PDF", 415).await;
     assert!(v["detail"].as_str().unwrap().contains("application/pdf"));
 
     let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
-    let v = problem(
-        ferry
-            .post("/hooks/signup", "application/json", deep, &[])
-            .await,
-        400,
-    )
-    .await;
+    let v = post_problem(&ferry, "/hooks/signup", "application/json", deep, 400).await;
     assert!(
         v["detail"].as_str().unwrap().contains("nested deeper"),
         "{v}"
@@ -225,13 +225,7 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
         .unwrap();
     problem(resp, 413).await;
 
-    let v = problem(
-        ferry
-            .post("/hooks/nope", "application/json", "{}", &[])
-            .await,
-        404,
-    )
-    .await;
+    let v = post_problem(&ferry, "/hooks/nope", "application/json", "{}", 404).await;
     assert!(v["detail"].as_str().unwrap().contains("/hooks/nope"));
 
     let resp = ferry
