@@ -78,6 +78,12 @@ wait_drained() { # until the sink count stops moving for 2 s, at most 120 s
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(uname -sr)"
 echo "ferry $($BIN --version | awk '{print $2}'), wrk -t2, ${DURATION}s per run, ~1 KB JSON body"
 
+# The same load against the bare axum sink (no storage, no work): this machine's ceiling, so
+# that figures from machines of different speed can be compared as a fraction of it.
+BASE=$(wrk -t2 -c64 -d"${DURATION}s" -s bench/post.lua "http://$SINK/baseline" | awk '/Requests\/sec/ {print int($2)}')
+echo
+echo "baseline, bare axum answering 200 (64 connections): ${BASE} req/s"
+
 start_ferry
 echo
 echo "start to first 202: ${MS} ms"
@@ -97,7 +103,7 @@ for scenario in ingest e2e; do
     errs=$(awk '/Non-2xx/ {print $5}' <<<"$OUT"); errs=${errs:-0}
     acked=$(awk '/requests in/ {print $1}' <<<"$OUT")
     echo
-    echo "[$scenario, $c connections] acked ${rps} ev/s, p50 ${p50}, p99 ${p99}, non-2xx ${errs}, peak RSS $(rss "$PID" VmHWM)"
+    echo "[$scenario, $c connections] acked ${rps} ev/s ($(awk -v r="$rps" -v b="$BASE" 'BEGIN {printf "%d%%", 100*r/b}') of baseline), p50 ${p50}, p99 ${p99}, non-2xx ${errs}, peak RSS $(rss "$PID" VmHWM)"
     if [ "$scenario" = e2e ]; then
       wait_drained
       read -r after last < <(curl -s "http://$SINK/count")
