@@ -5,6 +5,7 @@
 //! Imports run one way: `cli → server → engine → step / trigger → expr, connection → flow`,
 //! and `engine → store` (traits) ← `store::sqlite`.
 //!
+//! - [`access`]: management API keys, roles, the audit log
 //! - [`diag`]: located diagnostics (`FILE:LINE:COL: error: …` + hint)
 //! - [`flow`]: YAML with positions → checked, compiled flows and connections
 //! - [`expr`]: jq (jaq) and `{{ }}` templates, compiled once
@@ -13,15 +14,18 @@
 //! - [`trigger`]: the event shape, webhook body parsing
 //! - [`engine`]: the dispatcher and the run executor
 //! - [`store`]: the store trait and the embedded SQLite store
+//! - [`secret`]: the master key, sealed secrets, scrubbing of secret values
 //! - [`server`]: webhooks, health, management API
 //! - [`cli`]: the `ferry` commands
 
+pub mod access;
 pub mod cli;
 pub mod connection;
 pub mod diag;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod secret;
 pub mod server;
 pub mod step;
 pub mod store;

@@ -67,7 +67,7 @@ pub(super) enum DlqCommand {
     },
 }
 
-struct Client {
+pub(super) struct Client {
     base: String,
     key: String,
     http: reqwest::Client,
@@ -75,10 +75,19 @@ struct Client {
 
 impl Client {
     fn new(args: ServerArgs) -> anyhow::Result<Client> {
-        let key = match args.key {
+        Client::connect(args.server, args.key, &args.data)
+    }
+
+    /// A client for the server at `server`, with `key` or else `DATA/admin.key`.
+    pub(super) fn connect(
+        server: String,
+        key: Option<String>,
+        data: &std::path::Path,
+    ) -> anyhow::Result<Client> {
+        let key = match key {
             Some(k) => k,
             None => {
-                let path = args.data.join("admin.key");
+                let path = data.join("admin.key");
                 std::fs::read_to_string(&path)
                     .with_context(|| format!("no API key: set FERRY_ADMIN_KEY or pass --data to the server's data folder (tried `{}`)", path.display()))?
                     .trim()
@@ -86,13 +95,13 @@ impl Client {
             }
         };
         Ok(Client {
-            base: args.server.trim_end_matches('/').to_owned(),
+            base: server.trim().trim_end_matches('/').to_owned(),
             key,
             http: reqwest::Client::new(),
         })
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -113,6 +122,9 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the server at {}", self.base))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let detail = value["detail"].as_str().unwrap_or("no detail");

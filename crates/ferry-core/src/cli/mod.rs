@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod admin;
 mod client;
 mod run;
 mod serve;
@@ -62,6 +63,27 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Encrypted secrets for `{ secret: NAME }`: set, list, rm, rotate-master.
+    Secrets {
+        #[command(subcommand)]
+        command: admin::SecretsCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Management API keys with roles: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// The audit log of changes, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        target: admin::Target,
+    },
 }
 
 /// Entry point for `main`: the process exit code.
@@ -88,6 +110,11 @@ pub fn main() -> i32 {
             Command::Validate { paths } => Ok(validate(&paths)),
             Command::Runs { command, server } => client::runs(command, server).await.map(|_| 0),
             Command::Dlq { command, server } => client::dlq(command, server).await.map(|_| 0),
+            Command::Secrets { command, target } => {
+                admin::secrets(command, target).await.map(|_| 0)
+            }
+            Command::Keys { command, target } => admin::keys(command, target).await.map(|_| 0),
+            Command::Audit { limit, target } => admin::audit(limit, target).await.map(|_| 0),
         }
     });
     let result = runtime

@@ -62,10 +62,16 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let flows = project.flows.len();
-    let engine = Arc::new(Engine::new(Arc::new(store), Arc::new(project), config));
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let secrets = crate::secret::Vault::open(store.clone(), &data)
+        .await
+        .context("opening the secrets")?;
+    warn_missing_secrets(&project, &secrets);
+    let engine = Arc::new(Engine::new(store, Arc::new(project), config).with_secrets(secrets));
     let state = AppState::new(
         engine.clone(),
         admin_key,
+        data.clone(),
         Limits {
             max_body: args.max_body,
             max_depth: args.max_depth,
@@ -76,6 +82,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on `{}`", args.listen))?;
     let addr = listener.local_addr()?;
+    // Where `ferry secrets` finds this server when the data folder is locked by it.
+    let _ = std::fs::write(data.join("server.url"), format!("http://{addr}\n"));
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(shutdown.clone(), args.grace));
     let signalled = shutdown_signal()?;
@@ -134,21 +142,18 @@ fn admin_key(data: &std::path::Path) -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let key = format!("fk_{}", crate::flow::compile::hex(&bytes));
-    write_private(&path, &key).with_context(|| format!("writing `{}`", path.display()))?;
+    crate::util::write_private(&path, key.as_bytes())
+        .with_context(|| format!("writing `{}`", path.display()))?;
     tracing::info!(path = %path.display(), "generated the admin API key");
     Ok(key)
 }
 
-fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+/// Says at start which `{ secret }` references have no value yet (requests that need them
+/// fail, and webhooks that verify with them reject everything, until they are set).
+fn warn_missing_secrets(project: &crate::flow::Project, vault: &crate::secret::Vault) {
+    for name in project.secret_refs() {
+        if vault.get(&name).is_none() {
+            tracing::warn!(secret = %name, "secret is referenced but not set; set it with `ferry secrets set {name}`");
+        }
     }
-    let mut f = opts.open(path)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()
 }

@@ -1,7 +1,8 @@
 //! Connections: how to reach one external API (base URL, headers, timeout, retry policy).
 //!
-//! Owns resolving `{ env: NAME }` values at request time (so they are never stored) and the
-//! retry policy's delay computation. Does not send requests: the `http` step does.
+//! Owns the retry policy's delay computation; `{ env }` and `{ secret }` values are resolved
+//! at request time through the [`Vault`](crate::secret::Vault), so they are never stored.
+//! Does not send requests: the `http` step does.
 
 use std::time::Duration;
 
@@ -24,6 +25,13 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Every configured value that may come from the environment or a secret.
+    pub fn value_sources(&self) -> Vec<&ValueSource> {
+        std::iter::once(&self.base_url)
+            .chain(self.headers.iter().map(|(_, v)| v))
+            .collect()
+    }
+
     pub fn from_config(c: &ConnectionConfig) -> Connection {
         Connection {
             id: c.id.value.clone(),
@@ -39,23 +47,10 @@ impl Connection {
     }
 }
 
-/// An environment variable named by a connection is not set.
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable `{0}` is not set")]
-pub struct MissingEnv(pub String);
-
 impl ValueSource {
-    /// The value now; environment values are read on every call so rotation needs no restart.
-    pub fn resolve(&self) -> Result<String, MissingEnv> {
-        match self {
-            ValueSource::Literal(s) => Ok(s.clone()),
-            ValueSource::Env { env } => std::env::var(env).map_err(|_| MissingEnv(env.clone())),
-        }
-    }
-
     /// True when the value must be masked wherever a request is recorded.
     pub fn is_sensitive(&self) -> bool {
-        matches!(self, ValueSource::Env { .. })
+        !matches!(self, ValueSource::Literal(_))
     }
 }
 
@@ -176,9 +171,20 @@ mod tests {
             env: "FERRY_TEST_SURELY_UNSET_VAR".into(),
         };
         assert!(v.is_sensitive());
+        let vault = crate::secret::Vault::in_memory(Default::default());
         assert_eq!(
-            v.resolve().unwrap_err().to_string(),
+            vault.resolve(&v).unwrap_err(),
             "environment variable `FERRY_TEST_SURELY_UNSET_VAR` is not set"
+        );
+        let s = ValueSource::Secret {
+            secret: "crm_token".into(),
+        };
+        assert!(s.is_sensitive());
+        assert!(
+            vault
+                .resolve(&s)
+                .unwrap_err()
+                .contains("ferry secrets set crm_token")
         );
     }
 }

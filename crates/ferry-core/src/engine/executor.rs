@@ -188,6 +188,7 @@ impl Engine {
             idempotency_key: format!("{run_id}:{}", step.id),
             http: self.http.clone(),
             expr_timeout: self.config.expr_timeout,
+            secrets: self.secrets.clone(),
         };
         match tokio::time::timeout(step.timeout, step.step.execute(&cx)).await {
             Ok(r) => r,
@@ -329,6 +330,14 @@ impl Engine {
         rows: Vec<StepRow>,
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
+        // Secrets never reach the store: an upstream that echoes a token, a header value in
+        // an error message, a secret mapped into an output are masked here.
+        let mut rows = rows;
+        rows.iter_mut().for_each(|r| self.scrub(r));
+        let mut update = update;
+        if let RunUpdate::Finish { error: Some(e), .. } = &mut update {
+            self.secrets.scrub_json(e);
+        }
         let write = StepWrite {
             run_id: run_id.to_owned(),
             owner: self.owner.clone(),
@@ -347,13 +356,29 @@ impl Engine {
 
     fn report(&self, run_id: &str, step: &CompiledStep, row: &StepRow, retry_in_ms: Option<i64>) {
         if let Some(o) = &self.observer {
+            let mut row = row.clone();
+            self.scrub(&mut row);
             o.step(&StepReport {
                 run_id: run_id.to_owned(),
                 step: step.id.clone(),
                 kind: step.kind,
-                row: row.clone(),
+                row,
                 retry_in_ms,
             });
+        }
+    }
+
+    fn scrub(&self, row: &mut StepRow) {
+        for v in [
+            &mut row.output,
+            &mut row.error,
+            &mut row.request,
+            &mut row.response,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.secrets.scrub_json(v);
         }
     }
 }

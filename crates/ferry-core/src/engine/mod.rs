@@ -59,6 +59,8 @@ pub struct Engine {
     pub config: EngineConfig,
     pub clock: Arc<dyn Clock>,
     pub http: reqwest::Client,
+    /// Secret values for `{ secret }` references, and what to scrub before storing.
+    pub secrets: Arc<crate::secret::Vault>,
     /// Unique per process: the lease owner.
     pub owner: String,
     wake: Notify,
@@ -90,6 +92,7 @@ impl Engine {
             project,
             clock: Arc::new(SystemClock),
             http: http_client(),
+            secrets: crate::secret::Vault::in_memory(Default::default()),
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             wake: Notify::new(),
             observer: None,
@@ -100,6 +103,11 @@ impl Engine {
             next_due_hint: AtomicI64::new(i64::MAX),
             config,
         }
+    }
+
+    pub fn with_secrets(mut self, secrets: Arc<crate::secret::Vault>) -> Engine {
+        self.secrets = secrets;
+        self
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Engine {

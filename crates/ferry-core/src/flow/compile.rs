@@ -33,6 +33,11 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Configured values of the trigger that may come from the environment or a secret.
+    pub fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {
+        Vec::new()
+    }
+
     pub fn webhook(&self) -> Option<&Webhook> {
         match &self.trigger {
             Trigger::Webhook(w) => Some(w),
@@ -493,13 +498,18 @@ steps:
 
         let node = crate::flow::node::parse_yaml("id: c\nbase_url: { secret: k }\n").unwrap();
         let mut diags = Diagnostics::default();
-        assert!(compile_connection("c.yaml", &node, &mut diags).is_none());
-        assert!(
-            diags.to_string().contains(
-                "`{ secret: … }` values are not available in this version; use `{ env: NAME }`"
-            ),
-            "{diags}"
-        );
+        assert!(compile_connection("c.yaml", &node, &mut diags).is_some());
+        for (value, message) in [
+            ("{ secret: 'a b' }", "invalid secret name `a b`"),
+            ("{ vault: k }", "unknown value source `vault`"),
+            ("{ env: A, secret: b }", "with one key"),
+        ] {
+            let node =
+                crate::flow::node::parse_yaml(&format!("id: c\nbase_url: {value}\n")).unwrap();
+            let mut diags = Diagnostics::default();
+            assert!(compile_connection("c.yaml", &node, &mut diags).is_none());
+            assert!(diags.to_string().contains(message), "{value}: {diags}");
+        }
     }
 
     #[test]

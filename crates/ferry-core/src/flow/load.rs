@@ -21,6 +21,23 @@ impl Project {
     pub fn flow(&self, id: &str) -> Option<&Arc<Flow>> {
         self.flows.iter().find(|f| f.id == id)
     }
+
+    /// Names of the secrets that connections and triggers refer to, sorted, once each.
+    pub fn secret_refs(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .connections
+            .values()
+            .flat_map(|c| c.value_sources())
+            .chain(self.flows.iter().flat_map(|f| f.value_sources()))
+            .filter_map(|v| match v {
+                crate::flow::model::ValueSource::Secret { secret } => Some(secret.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]

@@ -191,6 +191,10 @@ pub enum ValueSource {
         /// Name of the environment variable.
         env: String,
     },
+    Secret {
+        /// Name of a secret stored with `ferry secrets set NAME`.
+        secret: String,
+    },
 }
 
 impl<'de> Deserialize<'de> for ValueSource {
@@ -201,7 +205,7 @@ impl<'de> Deserialize<'de> for ValueSource {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ValueSource;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or `{ env: NAME }`")
+                f.write_str("a string, `{ env: NAME }` or `{ secret: NAME }`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValueSource, E> {
                 Ok(ValueSource::Literal(v.to_owned()))
@@ -221,22 +225,23 @@ impl<'de> Deserialize<'de> for ValueSource {
             ) -> Result<ValueSource, A::Error> {
                 let Some(key) = map.next_key::<String>()? else {
                     return Err(serde::de::Error::custom(
-                        "expected `{ env: NAME }`, found an empty mapping",
+                        "expected `{ env: NAME }` or `{ secret: NAME }`, found an empty mapping",
                     ));
                 };
                 let value: String = map.next_value()?;
                 if map.next_key::<String>()?.is_some() {
                     return Err(serde::de::Error::custom(
-                        "expected `{ env: NAME }` with one key",
+                        "expected `{ env: NAME }` or `{ secret: NAME }`, with one key",
                     ));
                 }
                 match key.as_str() {
                     "env" => Ok(ValueSource::Env { env: value }),
-                    "secret" => Err(serde::de::Error::custom(
-                        "`{ secret: … }` values are not available in this version; use `{ env: NAME }`",
-                    )),
+                    "secret" => match crate::secret::check_name(&value) {
+                        Ok(()) => Ok(ValueSource::Secret { secret: value }),
+                        Err(e) => Err(serde::de::Error::custom(e)),
+                    },
                     other => Err(serde::de::Error::custom(format_args!(
-                        "unknown value source `{other}`; expected `{{ env: NAME }}`"
+                        "unknown value source `{other}`; expected `{{ env: NAME }}` or `{{ secret: NAME }}`"
                     ))),
                 }
             }

@@ -1,4 +1,5 @@
-//! The management API under `/api/v1`: flows, runs, dead letters. `Authorization: Bearer KEY`.
+//! The management API under `/api/v1`: flows, runs, dead letters, secrets, keys, audit.
+//! `Authorization: Bearer KEY`; each route names the role it needs.
 
 use std::sync::Arc;
 
@@ -10,9 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::access::{Caller, Role};
 use crate::store::{
     ReplayFrom, ReplaySelect, RunDetail, RunFilter, RunStatus, RunSummary, StepRow,
 };
@@ -27,6 +28,15 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/runs/{id}/replay", post(replay_one))
         .route("/dlq", get(list_dlq))
         .route("/dlq/replay", post(replay_bulk))
+        .route("/secrets", get(list_secrets))
+        .route("/secrets/rotate-master", post(rotate_master))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(set_secret).delete(delete_secret),
+        )
+        .route("/keys", get(list_keys).post(create_key))
+        .route("/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/audit", get(list_audit))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError::MethodNotAllowed {
@@ -37,10 +47,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .with_state(state)
 }
 
-/// Proof that the request carried the admin key.
-struct Admin;
-
-impl FromRequestParts<Arc<AppState>> for Admin {
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -56,11 +63,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, key)| key)
             .ok_or(ApiError::Unauthorized)?;
-        if bool::from(given.trim().as_bytes().ct_eq(state.admin_key.as_bytes())) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
-        }
+        Ok(state.access.authenticate(given).await?)
     }
 }
 
@@ -85,7 +88,11 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
-async fn list_flows(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn list_flows(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
     let flows: Vec<Value> = state
         .engine
         .project
@@ -105,15 +112,16 @@ async fn list_flows(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value>
             })
         })
         .collect();
-    Json(json!({ "flows": flows }))
+    Ok(Json(json!({ "flows": flows })))
 }
 
 async fn start_run(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Body(body): Body<Value>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
     let flow = state
         .engine
         .project
@@ -131,6 +139,15 @@ async fn start_run(
         now,
     );
     let (code, run_id) = super::webhook::ingest(&state, &flow, event, now).await?;
+    state
+        .access
+        .audit(
+            &caller,
+            "flow.trigger",
+            &id,
+            Some(json!({ "run_id": run_id })),
+        )
+        .await;
     Ok((code, Json(json!({ "run_id": run_id }))).into_response())
 }
 
@@ -231,10 +248,11 @@ pub(crate) fn run_json(d: &RunDetail) -> Value {
 }
 
 async fn list_runs(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
     let filter = query(q)?.filter()?;
     page(&state, filter).await
 }
@@ -263,10 +281,11 @@ async fn page(state: &AppState, filter: RunFilter) -> Result<Json<Value>, ApiErr
 }
 
 async fn list_dlq(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
     let mut filter = query(q)?.filter()?;
     if let Some(s) = filter
         .statuses
@@ -285,10 +304,11 @@ async fn list_dlq(
 }
 
 async fn get_run(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
     match state.engine.store.get_run(&id).await? {
         Some(d) => Ok(Json(run_json(&d))),
         None => Err(ApiError::NotFound(format!("no run `{id}`"))),
@@ -330,11 +350,12 @@ fn replay_from(s: Option<&str>) -> Result<ReplayFrom, ApiError> {
 }
 
 async fn replay_one(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Body(b): Body<ReplayOneBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
     let from = replay_from(b.from.as_deref())?;
     let ids = state
         .engine
@@ -351,6 +372,10 @@ async fn replay_one(
             }
             other => other.into(),
         })?;
+    state
+        .access
+        .audit(&caller, "run.replay", &id, Some(json!({ "from": b.from })))
+        .await;
     state.engine.wake();
     Ok((
         StatusCode::ACCEPTED,
@@ -360,16 +385,18 @@ async fn replay_one(
 }
 
 async fn replay_bulk(
-    _: Admin,
+    caller: Caller,
     State(state): State<Arc<AppState>>,
     Body(b): Body<ReplayBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
     let from = replay_from(b.from.as_deref())?;
     if b.flow.is_none() && b.since.is_none() && b.until.is_none() {
         return Err(ApiError::BadRequest(
             "select the dead letters to replay with `flow`, `since` or `until`".into(),
         ));
     }
+    let selector = json!({ "flow": b.flow, "since": b.since, "until": b.until, "from": b.from });
     let filter = ListQuery {
         flow: b.flow,
         status: None,
@@ -392,10 +419,165 @@ async fn replay_bulk(
             state.engine.clock.now_ms(),
         )
         .await?;
+    state
+        .access
+        .audit(
+            &caller,
+            "dlq.replay",
+            "runs",
+            Some(json!({ "selector": selector, "replayed": ids.len() })),
+        )
+        .await;
     state.engine.wake();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "replayed": ids.len(), "run_ids": ids })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    value: String,
+}
+
+async fn list_secrets(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let items = state.engine.secrets.list().await?;
+    Ok(Json(json!({ "secrets": items })))
+}
+
+async fn set_secret(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Body(b): Body<SecretBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let value = zeroize::Zeroizing::new(b.value);
+    let before = state.engine.secrets.get(&name).is_some();
+    let meta = state.engine.secrets.set(&name, value).await?;
+    state
+        .access
+        .audit(
+            &caller,
+            "secret.set",
+            &name,
+            Some(json!({ "before": before.then_some("***"), "after": "***", "version": meta.version })),
+        )
+        .await;
+    let code = if before {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((code, Json(json!(meta))).into_response())
+}
+
+async fn delete_secret(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    if !state.engine.secrets.remove(&name).await? {
+        return Err(ApiError::NotFound(format!("no secret `{name}`")));
+    }
+    state
+        .access
+        .audit(&caller, "secret.delete", &name, None)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_master(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let n = state.engine.secrets.rotate_master(&state.data_dir).await?;
+    state
+        .access
+        .audit(
+            &caller,
+            "secret.rotate-master",
+            "secrets",
+            Some(json!({ "resealed": n })),
+        )
+        .await;
+    Ok(Json(json!({ "resealed": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    name: String,
+    role: String,
+}
+
+async fn create_key(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Body(b): Body<KeyBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let role = Role::parse(&b.role).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "unknown role `{}`; expected admin, operator or viewer",
+            b.role
+        ))
+    })?;
+    let (info, key) = state.access.create_key(&caller, &b.name, role).await?;
+    let mut body = json!(info);
+    body["key"] = Value::String(key);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_keys(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(json!({ "keys": state.access.list_keys().await? })))
+}
+
+async fn revoke_key(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    if state.access.revoke_key(&caller, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no active key `{id}`")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+async fn list_audit(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut entries = state.access.list_audit(limit + 1, q.before).await?;
+    let next = if entries.len() > limit as usize {
+        entries.truncate(limit as usize);
+        entries.last().and_then(|e| e["seq"].as_i64())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "entries": entries, "next_before": next })))
 }

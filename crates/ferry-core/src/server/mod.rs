@@ -46,14 +46,21 @@ impl Default for Limits {
 
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub admin_key: String,
+    pub access: crate::access::Access,
+    /// The data folder (the master key file lives there).
+    pub data_dir: std::path::PathBuf,
     pub limits: Limits,
     /// Webhook path → flows by method.
     hooks: HashMap<String, Vec<Arc<Flow>>>,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, admin_key: String, limits: Limits) -> Arc<AppState> {
+    pub fn new(
+        engine: Arc<Engine>,
+        admin_key: String,
+        data_dir: std::path::PathBuf,
+        limits: Limits,
+    ) -> Arc<AppState> {
         let mut hooks: HashMap<String, Vec<Arc<Flow>>> = HashMap::new();
         for flow in &engine.project.flows {
             if let Some(w) = flow.webhook() {
@@ -61,8 +68,9 @@ impl AppState {
             }
         }
         Arc::new(AppState {
+            access: crate::access::Access::new(engine.store.clone(), admin_key),
             engine,
-            admin_key,
+            data_dir,
             limits,
             hooks,
         })

@@ -13,6 +13,11 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// A webhook request failed its `verify:` check; the text says which check.
+    #[error("{0}")]
+    VerificationFailed(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method `{method}` is not allowed here; allowed: {allowed}")]
@@ -35,7 +40,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::VerificationFailed(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -51,6 +57,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::VerificationFailed(_) => "verification-failed",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Conflict(_) => "conflict",
@@ -70,6 +78,37 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => ApiError::Unavailable,
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Db(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::access::Denied> for ApiError {
+    fn from(e: crate::access::Denied) -> Self {
+        match e {
+            crate::access::Denied::Unauthenticated => ApiError::Unauthorized,
+            f @ crate::access::Denied::Forbidden { .. } => ApiError::Forbidden(f.to_string()),
+            crate::access::Denied::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        match e {
+            crate::access::AccessError::Invalid(m) => ApiError::BadRequest(m),
+            crate::access::AccessError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::secret::SecretError> for ApiError {
+    fn from(e: crate::secret::SecretError) -> Self {
+        use crate::secret::SecretError as E;
+        match e {
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::Missing(_) => ApiError::NotFound(e.to_string()),
+            E::Key(m) => ApiError::Conflict(m),
+            E::Store(s) => s.into(),
         }
     }
 }

@@ -281,7 +281,7 @@ impl Http {
     }
 
     async fn send(&self, cx: &StepCx, r: Rendered) -> Result<StepOutput, StepError> {
-        let url = self.url_for(&r)?;
+        let url = self.url_for(cx, &r)?;
         let mut record_headers = Map::new();
         let mut headers = HeaderMap::new();
         let mut add = |name: &str,
@@ -312,9 +312,10 @@ impl Http {
         };
         if let Some(conn) = &self.connection {
             for (name, source) in &conn.headers {
-                let value = source
-                    .resolve()
-                    .map_err(|e| StepError::new(ErrorKind::Config, e.to_string()))?;
+                let value = cx
+                    .secrets
+                    .resolve(source)
+                    .map_err(|e| StepError::new(ErrorKind::Config, e))?;
                 add(name, &value, source.is_sensitive(), &mut headers)?;
             }
         }
@@ -482,13 +483,13 @@ impl Http {
         }
     }
 
-    fn url_for(&self, r: &Rendered) -> Result<reqwest::Url, StepError> {
+    fn url_for(&self, cx: &StepCx, r: &Rendered) -> Result<reqwest::Url, StepError> {
         let text = match (&self.connection, &r.url) {
             (Some(conn), _) => {
-                let base = conn
-                    .base_url
-                    .resolve()
-                    .map_err(|e| StepError::new(ErrorKind::Config, e.to_string()))?;
+                let base = cx
+                    .secrets
+                    .resolve(&conn.base_url)
+                    .map_err(|e| StepError::new(ErrorKind::Config, e))?;
                 let path = r.path.as_ref().map(scalar_text).unwrap_or_default();
                 join_url(&base, &path)
             }
@@ -501,10 +502,10 @@ impl Http {
         // Belt and braces for the rule in `join_url`: through a connection, the request goes
         // to the connection's host and nowhere else.
         if let Some(conn) = &self.connection {
-            let base = conn
-                .base_url
-                .resolve()
-                .map_err(|e| StepError::new(ErrorKind::Config, e.to_string()))?;
+            let base = cx
+                .secrets
+                .resolve(&conn.base_url)
+                .map_err(|e| StepError::new(ErrorKind::Config, e))?;
             let same = reqwest::Url::parse(&base)
                 .map(|b| {
                     b.scheme() == url.scheme()

@@ -73,6 +73,8 @@ pub struct StepCx {
     pub idempotency_key: String,
     pub http: reqwest::Client,
     pub expr_timeout: Duration,
+    /// Resolves `{ env }` / `{ secret }` values; knows what must be masked.
+    pub secrets: std::sync::Arc<crate::secret::Vault>,
 }
 
 impl StepCx {

@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::secret::SealedSecret;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -259,4 +261,61 @@ pub trait Store: Send + Sync + 'static {
     fn purge_dedupe(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
     /// A cheap read that proves the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Every secret row, sealed, by name.
+    fn secrets(&self) -> BoxFuture<'_, Result<Vec<SealedSecret>>>;
+    /// Inserts or replaces a sealed secret (its version goes up by one); returns its
+    /// metadata (with an empty `sealed`).
+    fn put_secret(
+        &self,
+        name: String,
+        sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<SealedSecret>>;
+    fn delete_secret(&self, name: String) -> BoxFuture<'_, Result<bool>>;
+    /// Replaces every sealed value and the master key's check value in one transaction
+    /// (key rotation). Fails with `Conflict` when the set of secrets changed meanwhile.
+    fn reseal_secrets(
+        &self,
+        rows: Vec<(String, Vec<u8>)>,
+        key_check: Vec<u8>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<()>>;
+    fn get_meta(&self, key: String) -> BoxFuture<'_, Result<Option<Vec<u8>>>>;
+
+    fn create_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<()>>;
+    fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>>;
+    /// The key with this SHA-256, revoked or not.
+    fn find_api_key(&self, hash: Vec<u8>) -> BoxFuture<'_, Result<Option<ApiKeyRow>>>;
+    /// False when no such key exists or it was revoked already.
+    fn revoke_api_key(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<bool>>;
+
+    fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<()>>;
+    /// Newest first; entries with `seq < before` when given.
+    fn list_audit(&self, limit: u32, before: Option<i64>)
+    -> BoxFuture<'_, Result<Vec<AuditEntry>>>;
+    fn put_meta(&self, key: String, value: Vec<u8>, now_ms: i64) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A management API key as stored: never the key itself, only its SHA-256.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub hash: Vec<u8>,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// One line of the audit log: who did what to which thing, when.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// Before/after and parameters, with secrets masked.
+    pub detail: Option<Json>,
 }

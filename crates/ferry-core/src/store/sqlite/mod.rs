@@ -28,7 +28,10 @@ const MAX_BATCH: usize = 512;
 /// Commands waiting for the writer before ingest sheds load.
 const QUEUE_DEPTH: usize = 16_384;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_trust.sql"),
+];
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Box<dyn Job>>,
@@ -295,6 +298,26 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
         });
         job.finish(outcome.err().as_ref());
     }
+}
+
+fn api_key_row(r: &rusqlite::Row) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        hash: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked_at_ms: r.get(5)?,
+    })
+}
+
+fn put_meta(c: &Connection, key: &str, value: &[u8], now_ms: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = ?2, updated_at = ?3",
+        rusqlite::params![key, value, now_ms],
+    )?;
+    Ok(())
 }
 
 fn ingest(c: &Connection, run: &NewRun) -> Result<Ingested> {
@@ -740,6 +763,193 @@ impl Store for SqliteStore {
             move |c| Ok(c.execute("DELETE FROM dedupe WHERE expires_at <= ?1", [now_ms])? as u64),
             false,
         )
+    }
+
+    fn secrets(&self) -> BoxFuture<'_, Result<Vec<SealedSecret>>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT name, version, sealed, created_at, updated_at FROM secrets ORDER BY name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(SealedSecret {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    sealed: r.get(2)?,
+                    created_at_ms: r.get(3)?,
+                    updated_at_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn put_secret(
+        &self,
+        name: String,
+        sealed: Vec<u8>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<SealedSecret>> {
+        self.send(
+            move |c| {
+                c.execute(
+                    "INSERT INTO secrets (name, version, sealed, created_at, updated_at) VALUES (?1, 1, ?2, ?3, ?3)
+                     ON CONFLICT (name) DO UPDATE SET version = version + 1, sealed = ?2, updated_at = ?3",
+                    rusqlite::params![name, sealed, now_ms],
+                )?;
+                Ok(c.query_row(
+                    "SELECT version, created_at FROM secrets WHERE name = ?1",
+                    [&name],
+                    |r| {
+                        Ok(SealedSecret {
+                            name: name.clone(),
+                            version: r.get(0)?,
+                            sealed: Vec::new(),
+                            created_at_ms: r.get(1)?,
+                            updated_at_ms: now_ms,
+                        })
+                    },
+                )?)
+            },
+            false,
+        )
+    }
+
+    fn delete_secret(&self, name: String) -> BoxFuture<'_, Result<bool>> {
+        self.send(
+            move |c| Ok(c.execute("DELETE FROM secrets WHERE name = ?1", [&name])? > 0),
+            false,
+        )
+    }
+
+    fn reseal_secrets(
+        &self,
+        rows: Vec<(String, Vec<u8>)>,
+        key_check: Vec<u8>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.send(
+            move |c| {
+                let n: i64 = c.query_row("SELECT COUNT(*) FROM secrets", [], |r| r.get(0))?;
+                if n as usize != rows.len() {
+                    return Err(StoreError::Conflict(
+                        "secrets changed during the key rotation; run it again".into(),
+                    ));
+                }
+                for (name, sealed) in &rows {
+                    c.execute(
+                        "UPDATE secrets SET sealed = ?2 WHERE name = ?1",
+                        rusqlite::params![name, sealed],
+                    )?;
+                }
+                put_meta(c, "master_key_check", &key_check, now_ms)
+            },
+            false,
+        )
+    }
+
+    fn get_meta(&self, key: String) -> BoxFuture<'_, Result<Option<Vec<u8>>>> {
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    fn put_meta(&self, key: String, value: Vec<u8>, now_ms: i64) -> BoxFuture<'_, Result<()>> {
+        self.send(move |c| put_meta(c, &key, &value, now_ms), false)
+    }
+
+    fn create_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<()>> {
+        self.send(
+            move |c| {
+                c.execute(
+                    "INSERT INTO api_keys (id, name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![key.id, key.name, key.role, key.hash, key.created_at_ms],
+                )?;
+                Ok(())
+            },
+            false,
+        )
+    }
+
+    fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, name, role, hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([], api_key_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn find_api_key(&self, hash: Vec<u8>) -> BoxFuture<'_, Result<Option<ApiKeyRow>>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, role, hash, created_at, revoked_at FROM api_keys WHERE hash = ?1",
+                [&hash],
+                api_key_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn revoke_api_key(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<bool>> {
+        self.send(
+            move |c| {
+                Ok(c.execute(
+                    "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, now_ms],
+                )? > 0)
+            },
+            false,
+        )
+    }
+
+    fn append_audit(&self, e: AuditEntry) -> BoxFuture<'_, Result<()>> {
+        self.send(
+            move |c| {
+                c.execute(
+                    "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        e.at_ms,
+                        e.actor,
+                        e.action,
+                        e.target,
+                        e.detail.as_ref().map(|d| d.to_string())
+                    ],
+                )?;
+                Ok(())
+            },
+            false,
+        )
+    }
+
+    fn list_audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>>> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT seq, at, actor, action, target, detail FROM audit
+                 WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+                let detail: Option<String> = r.get(5)?;
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {

@@ -1,0 +1,264 @@
+//! Who may use the management API, and the record of what they changed.
+//!
+//! Owns API keys (random, shown once, stored as SHA-256), roles, and the append-only audit
+//! log. Keys are 256 random bits, so a plain SHA-256 is enough to store them (a slow password
+//! hash protects guessable secrets; these are not guessable) and lets a key be found by its
+//! hash in one index lookup.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{ApiKeyRow, AuditEntry, Store, StoreError};
+
+/// What a key may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads flows, runs and dead letters.
+    Viewer,
+    /// Also replays dead letters and triggers flows.
+    Operator,
+    /// Also manages secrets and keys, and reads the audit log.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// For the audit log: `key:ID (NAME)`, `bootstrap` or `local:USER`.
+    pub actor: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Someone at the machine working on the data folder directly (the CLI without a server).
+    pub fn local() -> Caller {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Caller {
+            actor: format!("local:{user}"),
+            role: Role::Admin,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    #[error("this needs the `{needed}` role; the key has `{has}`")]
+    Forbidden {
+        needed: &'static str,
+        has: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Caller {
+    pub fn require(&self, role: Role) -> Result<(), Denied> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden {
+                needed: role.as_str(),
+                has: self.role.as_str(),
+            })
+        }
+    }
+}
+
+/// An API key as listed: never the key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&ApiKeyRow> for KeyInfo {
+    fn from(r: &ApiKeyRow) -> KeyInfo {
+        KeyInfo {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            role: r.role.clone(),
+            created_at: crate::util::rfc3339(r.created_at_ms),
+            revoked_at: r.revoked_at_ms.map(crate::util::rfc3339),
+        }
+    }
+}
+
+fn hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.trim().as_bytes()).to_vec()
+}
+
+pub struct Access {
+    store: Arc<dyn Store>,
+    bootstrap: String,
+}
+
+impl Access {
+    pub fn new(store: Arc<dyn Store>, bootstrap: String) -> Access {
+        Access { store, bootstrap }
+    }
+
+    /// The caller behind a presented key: the bootstrap admin key, or a stored, unrevoked key.
+    pub async fn authenticate(&self, presented: &str) -> Result<Caller, Denied> {
+        let presented = presented.trim();
+        if presented.is_empty() || presented.len() > 256 {
+            return Err(Denied::Unauthenticated);
+        }
+        if bool::from(presented.as_bytes().ct_eq(self.bootstrap.as_bytes())) {
+            return Ok(Caller {
+                actor: "bootstrap".into(),
+                role: Role::Admin,
+            });
+        }
+        match self.store.find_api_key(hash(presented)).await? {
+            Some(k) if k.revoked_at_ms.is_none() => Ok(Caller {
+                actor: format!("key:{} ({})", k.id, k.name),
+                role: Role::parse(&k.role).ok_or(Denied::Unauthenticated)?,
+            }),
+            _ => Err(Denied::Unauthenticated),
+        }
+    }
+
+    /// Creates a key; the returned string is the only time the key is ever seen.
+    pub async fn create_key(
+        &self,
+        by: &Caller,
+        name: &str,
+        role: Role,
+    ) -> Result<(KeyInfo, String), AccessError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(AccessError::Invalid(
+                "a key name is 1–100 printable characters".into(),
+            ));
+        }
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let key = format!("fk_{}", hex::encode(bytes));
+        let row = ApiKeyRow {
+            id: format!("key_{}", &hex::encode(&Sha256::digest(key.as_bytes())[..6])),
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+            hash: hash(&key),
+            created_at_ms: crate::util::now_ms(),
+            revoked_at_ms: None,
+        };
+        self.store.create_api_key(row.clone()).await?;
+        let info = KeyInfo::from(&row);
+        self.audit(by, "key.create", &row.id, Some(json!({"after": &info})))
+            .await;
+        Ok((info, key))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, AccessError> {
+        Ok(self
+            .store
+            .list_api_keys()
+            .await?
+            .iter()
+            .map(KeyInfo::from)
+            .collect())
+    }
+
+    pub async fn revoke_key(&self, by: &Caller, id: &str) -> Result<bool, AccessError> {
+        let revoked = self
+            .store
+            .revoke_api_key(id.to_owned(), crate::util::now_ms())
+            .await?;
+        if revoked {
+            self.audit(by, "key.revoke", id, None).await;
+        }
+        Ok(revoked)
+    }
+
+    /// Appends to the audit log. A failure is logged, not returned: the change it records has
+    /// already happened.
+    pub async fn audit(&self, by: &Caller, action: &str, target: &str, detail: Option<Json>) {
+        record(&*self.store, by, action, target, detail).await;
+    }
+
+    pub async fn list_audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<Json>, AccessError> {
+        Ok(self
+            .store
+            .list_audit(limit, before)
+            .await?
+            .into_iter()
+            .map(audit_json)
+            .collect())
+    }
+}
+
+/// Appends one entry to the audit log of `store`.
+pub async fn record(
+    store: &dyn Store,
+    by: &Caller,
+    action: &str,
+    target: &str,
+    detail: Option<Json>,
+) {
+    let entry = AuditEntry {
+        seq: 0,
+        at_ms: crate::util::now_ms(),
+        actor: by.actor.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail,
+    };
+    if let Err(e) = store.append_audit(entry).await {
+        tracing::error!(error = %e, action, target, "could not write the audit log");
+    }
+}
+
+pub fn audit_json(e: AuditEntry) -> Json {
+    json!({
+        "seq": e.seq,
+        "at": crate::util::rfc3339(e.at_ms),
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
