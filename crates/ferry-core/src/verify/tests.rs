@@ -170,3 +170,20 @@ fn the_config_schema_lists_every_scheme() {
         assert!(schema.contains(&format!("\"{name}\"")), "{name}");
     }
 }
+
+#[test]
+fn the_verifier_is_shared_across_requests_and_its_future_is_send() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let v = compile("scheme: jwt\njwks_url: https://id.example.com/jwks.json\n");
+    send_sync(&v);
+    let h = HeaderMap::new();
+    let req = Inbound {
+        headers: &h,
+        query: None,
+        body: b"",
+    };
+    let client = reqwest::Client::new();
+    let fut = v.verify(&req, &resolve, NOW, &client);
+    send(&fut);
+}
