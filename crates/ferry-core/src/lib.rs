@@ -31,3 +31,4 @@ pub mod step;
 pub mod store;
 pub mod trigger;
 pub mod util;
+pub mod verify;
