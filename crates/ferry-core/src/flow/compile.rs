@@ -106,7 +106,17 @@ pub(super) fn compile_connection(
                 );
                 return None;
             }
-            Some((Connection::from_config(&c), c.id.pos))
+            match Connection::from_config(&c) {
+                Ok(conn) => Some((conn, c.id.pos)),
+                Err(e) => {
+                    let pos = node.get(e.key()).map(|n| n.pos).unwrap_or(node.pos);
+                    diags.push(
+                        Diagnostic::new(file, pos, e.to_string())
+                            .hint("see docs/security-outbound.md"),
+                    );
+                    None
+                }
+            }
         }
         Err(e) => {
             let hint = e
@@ -426,6 +436,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             retry: None,
             max_response_bytes: 1024,
+            auth: None,
+            tls: None,
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();
