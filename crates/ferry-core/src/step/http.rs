@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
 use super::{CompileCx, ErrorKind, Step, StepCx, StepDef, StepError, StepOutput};
+use crate::connection::auth::{self, resolve_env};
 use crate::connection::{Connection, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 use crate::expr::{EvalError, Template};
 use crate::flow::node::{Node, Spanned};
@@ -349,8 +350,11 @@ impl Http {
             .as_ref()
             .map(|c| c.timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
-        let mut req = cx
-            .http
+        let http = match &self.connection {
+            Some(c) => c.client_for(&cx.http),
+            None => cx.http.clone(),
+        };
+        let mut req = http
             .request(self.method.clone(), url.clone())
             .headers(headers)
             .timeout(timeout);
@@ -400,20 +404,38 @@ impl Http {
             }
             _ => {}
         }
-        let request_record = json!({
+        let mut request_record = json!({
             "method": self.method.as_str(),
             "url": redact_url(&url),
             "headers": record_headers,
             "body": record_body,
         });
+        let req = req.build().map_err(|e| {
+            let mut e = StepError::new(ErrorKind::Config, format!("invalid request: {e}"));
+            e.request = Some(request_record.clone());
+            e
+        })?;
+        // Auth goes on last, on the built request (HMAC signs the final bytes); on a 401 an
+        // OAuth 2.0 connection refreshes its token and sends once more.
+        let conn_auth = self.connection.as_ref().and_then(|c| c.auth.as_deref());
+        let sent = auth::send(conn_auth, &http, req, &resolve_env).await;
+        let sent = sent.map_err(|e| {
+            let kind = match e.is_retryable() {
+                true => ErrorKind::Network,
+                false => ErrorKind::Config,
+            };
+            let mut e = StepError::new(kind, format!("auth: {e}"));
+            e.request = Some(request_record.clone());
+            e
+        })?;
+        sent.applied.mask_record(&mut request_record);
         let with_request = |mut e: StepError| {
             e.request = Some(request_record.clone());
             e
         };
 
-        let resp = req
-            .send()
-            .await
+        let resp = sent
+            .response
             .map_err(|e| with_request(transport_error(&e, timeout)))?;
         let status = resp.status().as_u16();
         let mut resp_headers = Map::new();
