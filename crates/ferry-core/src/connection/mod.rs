@@ -40,7 +40,7 @@ impl Connection {
     /// [`Connection::from_config`] with the resolver for the values `tls:` reads at load.
     pub fn from_config_with(
         c: &ConnectionConfig,
-        resolve: &auth::Resolver,
+        resolve: &auth::Resolver<'_>,
     ) -> Result<Connection, auth::AuthError> {
         let auth = c.auth.as_ref().map(auth::Auth::compile).transpose()?;
         // Built now, so a bad PEM is a load error rather than a failed request.

@@ -163,7 +163,7 @@ impl Hmac {
     pub(super) fn apply(
         &self,
         req: &mut reqwest::Request,
-        resolve: &Resolver,
+        resolve: &Resolver<'_>,
         now: u64,
         applied: &mut Applied,
     ) -> Result<(), AuthError> {

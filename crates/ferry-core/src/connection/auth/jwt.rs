@@ -109,7 +109,7 @@ impl Jwt {
     }
 
     /// The cached token, or a new one when it is close to expiry.
-    pub(super) fn token(&self, resolve: &Resolver) -> Result<Zeroizing<String>, AuthError> {
+    pub(super) fn token(&self, resolve: &Resolver<'_>) -> Result<Zeroizing<String>, AuthError> {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((t, until)) = cache.as_ref()

@@ -29,7 +29,7 @@ use crate::flow::model::{AuthConfig, ValueSource};
 
 /// Turns a value source into its value, or says why it cannot (naming the variable or secret,
 /// never a value).
-pub type Resolver = dyn Fn(&ValueSource) -> Result<Zeroizing<String>, String> + Sync;
+pub type Resolver<'a> = dyn Fn(&ValueSource) -> Result<Zeroizing<String>, String> + Sync + 'a;
 
 /// The resolver for literals and `{ env: NAME }`.
 pub fn resolve_env(v: &ValueSource) -> Result<Zeroizing<String>, String> {
@@ -109,7 +109,7 @@ impl AuthError {
 }
 
 pub(crate) fn resolve_field(
-    resolve: &Resolver,
+    resolve: &Resolver<'_>,
     field: &'static str,
     v: &ValueSource,
 ) -> Result<Zeroizing<String>, AuthError> {
@@ -264,7 +264,7 @@ impl Auth {
     pub async fn apply(
         &self,
         req: &mut reqwest::Request,
-        resolve: &Resolver,
+        resolve: &Resolver<'_>,
         http: &reqwest::Client,
     ) -> Result<Applied, AuthError> {
         let mut applied = Applied::default();
@@ -380,7 +380,7 @@ pub async fn send(
     auth: Option<&Auth>,
     http: &reqwest::Client,
     mut req: reqwest::Request,
-    resolve: &Resolver,
+    resolve: &Resolver<'_>,
 ) -> Result<Sent, AuthError> {
     let Some(auth) = auth else {
         return Ok(Sent {

@@ -141,7 +141,7 @@ impl OAuth2 {
     pub(super) async fn token(
         &self,
         http: &reqwest::Client,
-        resolve: &Resolver,
+        resolve: &Resolver<'_>,
     ) -> Result<Arc<Token>, AuthError> {
         if let Some(t) = self.fresh() {
             return Ok(t);
@@ -187,7 +187,7 @@ impl OAuth2 {
     async fn fetch(
         &self,
         http: &reqwest::Client,
-        resolve: &Resolver,
+        resolve: &Resolver<'_>,
     ) -> Result<Arc<Token>, AuthError> {
         let url = self.token_url.as_str().to_owned();
         let client_id = resolve_field(resolve, "oauth2.client_id", &self.client_id)?;

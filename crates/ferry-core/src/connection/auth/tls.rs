@@ -25,7 +25,7 @@ impl std::fmt::Debug for Tls {
 fn pem_or_file(
     field: &'static str,
     v: &ValueSource,
-    resolve: &Resolver,
+    resolve: &Resolver<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, AuthError> {
     let text = resolve(v).map_err(|m| AuthError::Tls(format!("`{field}`: {m}")))?;
     if text.contains("-----BEGIN") {
@@ -53,7 +53,7 @@ fn pem_or_file(
 
 impl Tls {
     /// Reads and checks the PEM values and builds the client.
-    pub fn build(cfg: &TlsConfig, resolve: &Resolver) -> Result<Tls, AuthError> {
+    pub fn build(cfg: &TlsConfig, resolve: &Resolver<'_>) -> Result<Tls, AuthError> {
         // The same settings as the engine's shared client (`engine::http_client`), which
         // this one replaces for the connection.
         let mut builder = reqwest::Client::builder()
