@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `ferry` binary, over HTTP, against a local recording receiver.
 
+mod auth;
 mod cli;
 mod crash;
 mod harness;
