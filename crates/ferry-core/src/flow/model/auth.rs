@@ -8,7 +8,7 @@ use super::indexmap_like::OrderedMap;
 use super::{Dur, ValueSource};
 
 /// How requests through the connection prove who sends them: exactly one kind. The header
-/// or parameter it adds is masked (`***`) in stored runs. Since v0.2.
+/// or parameter it adds is masked (`***`) in stored runs.
 #[derive(Deserialize, JsonSchema, Debug, Clone)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthConfig {
@@ -203,7 +203,7 @@ pub struct HmacAuth {
 }
 
 /// Client certificate (mTLS) and extra trusted CA for the connection. Each value is PEM
-/// text (typically `{ env: NAME }`) or the path of a PEM file. Since v0.2.
+/// text (typically `{ env: NAME }`) or the path of a PEM file.
 #[derive(Deserialize, JsonSchema, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
