@@ -10,6 +10,7 @@
 //! - [`flow`]: YAML with positions → checked, compiled flows and connections
 //! - [`expr`]: jq (jaq) and `{{ }}` templates, compiled once
 //! - [`connection`]: base URL, headers, timeout, retry policy
+//! - [`net`]: the SSRF guard (which addresses templated URLs may reach)
 //! - [`step`]: step kinds (`http`, `map`, `filter`, `log`) and their registry
 //! - [`trigger`]: the event shape, webhook body parsing
 //! - [`engine`]: the dispatcher and the run executor
@@ -25,6 +26,7 @@ pub mod diag;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod net;
 pub mod secret;
 pub mod server;
 pub mod step;

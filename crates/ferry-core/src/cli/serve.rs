@@ -37,6 +37,14 @@ pub(super) struct ServeArgs {
     /// Deepest JSON nesting accepted in a webhook body.
     #[arg(long, default_value_t = 64)]
     max_depth: usize,
+    /// An internal network (CIDR or address) that URLs built from event data may reach;
+    /// repeatable. Loopback, private, link-local and metadata addresses are refused otherwise.
+    #[arg(
+        long = "allow-network",
+        env = "FERRY_ALLOW_NETWORK",
+        value_delimiter = ','
+    )]
+    allow_network: Vec<String>,
 }
 
 pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -57,8 +65,11 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&data)
         .with_context(|| format!("opening the data folder `{}`", data.display()))?;
     let admin_key = admin_key(&data)?;
+    let allow_networks =
+        crate::net::NetPolicy::parse_allow(&args.allow_network).map_err(anyhow::Error::msg)?;
     let config = EngineConfig {
         workers: args.workers.max(1),
+        allow_networks,
         ..EngineConfig::default()
     };
     let flows = project.flows.len();

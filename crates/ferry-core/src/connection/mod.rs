@@ -1,9 +1,14 @@
-//! Connections: how to reach one external API (base URL, headers, timeout, retry policy).
+//! Connections: how to reach one external API (base URL, headers, auth, TLS, timeout, retry
+//! policy).
 //!
 //! Owns the retry policy's delay computation; `{ env }` and `{ secret }` values are resolved
-//! at request time through the [`Vault`](crate::secret::Vault), so they are never stored.
-//! Does not send requests: the `http` step does.
+//! at request time through the [`Vault`](crate::secret::Vault), so they are never stored;
+//! [`auth`] owns outbound authentication and TLS. Does not send requests: the `http` step
+//! does.
 
+pub mod auth;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,6 +27,8 @@ pub struct Connection {
     pub timeout: Duration,
     pub retry: Option<RetryPolicy>,
     pub max_response_bytes: u64,
+    pub auth: Option<Arc<auth::Auth>>,
+    pub tls: Option<Arc<auth::Tls>>,
 }
 
 impl Connection {
@@ -32,8 +39,25 @@ impl Connection {
             .collect()
     }
 
-    pub fn from_config(c: &ConnectionConfig) -> Connection {
-        Connection {
+    /// Compiles a connection; `auth:` and `tls:` errors are load errors. TLS values are read
+    /// now (the client is built once), through the environment resolver.
+    pub fn from_config(c: &ConnectionConfig) -> Result<Connection, auth::AuthError> {
+        Connection::from_config_with(c, &auth::resolve_env)
+    }
+
+    /// [`Connection::from_config`] with the resolver for the values `tls:` reads at load.
+    pub fn from_config_with(
+        c: &ConnectionConfig,
+        resolve: &auth::Resolver<'_>,
+    ) -> Result<Connection, auth::AuthError> {
+        let auth = c.auth.as_ref().map(auth::Auth::compile).transpose()?;
+        // Built now, so a bad PEM is a load error rather than a failed request.
+        let tls = c
+            .tls
+            .as_ref()
+            .map(|t| auth::Tls::build(t, resolve))
+            .transpose()?;
+        Ok(Connection {
             id: c.id.value.clone(),
             base_url: c.base_url.clone(),
             headers: c.headers.0.clone(),
@@ -43,6 +67,16 @@ impl Connection {
                 .as_ref()
                 .map(|r| RetryPolicy::from_config(r, &RetryPolicy::http_default())),
             max_response_bytes: c.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            auth: auth.map(Arc::new),
+            tls: tls.map(Arc::new),
+        })
+    }
+
+    /// The client for requests through this connection: its own when it has `tls:`.
+    pub fn client_for(&self, default: &reqwest::Client) -> reqwest::Client {
+        match &self.tls {
+            Some(t) => t.client().clone(),
+            None => default.clone(),
         }
     }
 }

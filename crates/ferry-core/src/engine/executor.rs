@@ -187,6 +187,8 @@ impl Engine {
             step_path: step.id.clone(),
             idempotency_key: format!("{run_id}:{}", step.id),
             http: self.http.clone(),
+            guarded_http: self.guarded_http.clone(),
+            net_policy: self.net_policy.clone(),
             expr_timeout: self.config.expr_timeout,
             secrets: self.secrets.clone(),
         };

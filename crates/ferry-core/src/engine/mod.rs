@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// Longest time one expression evaluation may take.
     pub expr_timeout: Duration,
+    /// Internal networks that URLs built from data may reach (`--allow-network`).
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +51,7 @@ impl Default for EngineConfig {
             workers: 256,
             lease: Duration::from_secs(30),
             expr_timeout: Duration::from_secs(2),
+            allow_networks: Vec::new(),
         }
     }
 }
@@ -59,6 +62,9 @@ pub struct Engine {
     pub config: EngineConfig,
     pub clock: Arc<dyn Clock>,
     pub http: reqwest::Client,
+    /// For URLs built from data: refuses internal addresses (see [`crate::net`]).
+    pub guarded_http: reqwest::Client,
+    pub net_policy: Arc<crate::net::NetPolicy>,
     /// Secret values for `{ secret }` references, and what to scrub before storing.
     pub secrets: Arc<crate::secret::Vault>,
     /// Unique per process: the lease owner.
@@ -76,22 +82,16 @@ pub struct Engine {
     next_due_hint: AtomicI64,
 }
 
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .expect("the HTTP client builds with static settings")
-}
-
 impl Engine {
     pub fn new(store: Arc<dyn Store>, project: Arc<Project>, config: EngineConfig) -> Engine {
+        let policy = Arc::new(crate::net::NetPolicy::new(config.allow_networks.clone()));
         Engine {
             store,
             project,
             clock: Arc::new(SystemClock),
-            http: http_client(),
+            http: crate::net::client(policy.clone()),
+            guarded_http: crate::net::guarded_client(policy.clone()),
+            net_policy: policy,
             secrets: crate::secret::Vault::in_memory(Default::default()),
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             wake: Notify::new(),

@@ -35,7 +35,10 @@ pub struct Flow {
 impl Flow {
     /// Configured values of the trigger that may come from the environment or a secret.
     pub fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {
-        Vec::new()
+        self.webhook()
+            .and_then(|w| w.verifier.as_ref())
+            .map(|v| v.secret_sources())
+            .unwrap_or_default()
     }
 
     pub fn webhook(&self) -> Option<&Webhook> {
@@ -60,6 +63,8 @@ pub struct Webhook {
     pub method: String,
     pub dedupe: Option<Expr>,
     pub dedupe_window: Duration,
+    /// `verify:`, compiled; requests that fail it are refused before anything is stored.
+    pub verifier: Option<Box<crate::verify::Verifier>>,
     pub pos: Pos,
 }
 
@@ -111,7 +116,17 @@ pub(super) fn compile_connection(
                 );
                 return None;
             }
-            Some((Connection::from_config(&c), c.id.pos))
+            match Connection::from_config(&c) {
+                Ok(conn) => Some((conn, c.id.pos)),
+                Err(e) => {
+                    let pos = node.get(e.key()).map(|n| n.pos).unwrap_or(node.pos);
+                    diags.push(
+                        Diagnostic::new(file, pos, e.to_string())
+                            .hint("see docs/security-outbound.md"),
+                    );
+                    None
+                }
+            }
         }
         Err(e) => {
             let hint = e
@@ -266,11 +281,27 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
                 .dedupe_window
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_DEDUPE_WINDOW);
+            let verifier = match &w.verify {
+                Some(v) => match crate::verify::Verifier::compile(&v.value) {
+                    Ok(verifier) => Some(Box::new(verifier)),
+                    Err(e) => {
+                        cx.error(
+                            v.pos,
+                            format!("invalid `verify:`: {e}"),
+                            Some("see docs/security.md for each scheme's keys".into()),
+                        );
+                        ok = false;
+                        None
+                    }
+                },
+                None => None,
+            };
             ok.then_some(Trigger::Webhook(Webhook {
                 path,
                 method,
                 dedupe,
                 dedupe_window,
+                verifier,
                 pos: w.path.pos,
             }))
         }
@@ -431,6 +462,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             retry: None,
             max_response_bytes: 1024,
+            auth: None,
+            tls: None,
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();

@@ -8,6 +8,9 @@ use serde::{Deserialize, Deserializer};
 
 use super::node::{Node, Spanned};
 
+mod auth;
+pub use auth::*;
+
 /// A duration written as `500ms`, `10s`, `5m`, `1h 30m` (or a number of seconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -87,6 +90,10 @@ pub struct WebhookConfig {
     /// How long a dedupe key is remembered (default `24h`).
     #[serde(default)]
     pub dedupe_window: Option<Dur>,
+    /// Check that each request comes from the sender (a signature, key, or token); a request
+    /// that fails is answered 401 and stored nowhere. See docs/security.md.
+    #[serde(default)]
+    pub verify: Option<Spanned<Box<crate::verify::VerifyConfig>>>,
 }
 
 #[derive(Deserialize, JsonSchema, Debug, Default)]
@@ -180,6 +187,13 @@ pub struct ConnectionConfig {
     /// Largest response body accepted, in bytes (default 10 MiB).
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    /// How requests prove who sends them (`api_key`, `basic`, `bearer`, `oauth2`, `jwt`,
+    /// `hmac`); see docs/security-outbound.md.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Client certificate and extra CA for this connection.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// A literal value, or one read from the environment at request time.

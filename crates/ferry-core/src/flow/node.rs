@@ -426,15 +426,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     }
 }
 
-impl schemars::JsonSchema for Spanned<String> {
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Spanned<T> {
     fn schema_name() -> std::borrow::Cow<'static, str> {
-        String::schema_name()
+        T::schema_name()
     }
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        String::json_schema(generator)
+        T::json_schema(generator)
     }
     fn inline_schema() -> bool {
-        true
+        T::inline_schema()
     }
 }
 

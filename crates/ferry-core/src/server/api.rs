@@ -100,7 +100,13 @@ async fn list_flows(
         .iter()
         .map(|f| {
             let trigger = match f.webhook() {
-                Some(w) => json!({"kind": "webhook", "path": w.path, "method": w.method}),
+                Some(w) => json!({
+                    "kind": "webhook",
+                    "path": w.path,
+                    "method": w.method,
+                    "verify": w.verifier.as_ref().map(|v| v.scheme()),
+                    "rejected_requests": state.rejections(&f.id),
+                }),
                 None => json!({"kind": "manual"}),
             };
             json!({

@@ -52,9 +52,25 @@ pub struct AppState {
     pub limits: Limits,
     /// Webhook path → flows by method.
     hooks: HashMap<String, Vec<Arc<Flow>>>,
+    /// Requests refused by a flow's `verify:` since start, by flow id.
+    rejected: HashMap<String, std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
+    pub fn count_rejection(&self, flow: &str) {
+        if let Some(c) = self.rejected.get(flow) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Requests refused by `flow`'s `verify:` since this node started.
+    pub fn rejections(&self, flow: &str) -> u64 {
+        self.rejected
+            .get(flow)
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     pub fn new(
         engine: Arc<Engine>,
         admin_key: String,
@@ -67,7 +83,14 @@ impl AppState {
                 hooks.entry(w.path.clone()).or_default().push(flow.clone());
             }
         }
+        let rejected = engine
+            .project
+            .flows
+            .iter()
+            .map(|f| (f.id.clone(), Default::default()))
+            .collect();
         Arc::new(AppState {
+            rejected,
             access: crate::access::Access::new(engine.store.clone(), admin_key),
             engine,
             data_dir,

@@ -48,6 +48,34 @@ pub(super) async fn receive(
     let bytes = axum::body::to_bytes(body, max)
         .await
         .map_err(|_| ApiError::TooLarge(max))?;
+    let mut message_id = None;
+    if let Some(verifier) = flow.webhook().and_then(|w| w.verifier.as_ref()) {
+        let inbound = crate::verify::Inbound {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            body: &bytes,
+        };
+        let secrets = &state.engine.secrets;
+        let resolve = |v: &crate::flow::model::ValueSource| secrets.resolve(v);
+        let now_unix = state.engine.clock.now_ms() / 1000;
+        if let Err(rejection) = verifier
+            .verify(&inbound, &resolve, now_unix, &state.engine.http)
+            .await
+        {
+            state.count_rejection(&flow.id);
+            // Fail closed (SPEC §8.7): a verifier that cannot work refuses everything, says
+            // why in the log, and tells the sender only that it should try again later.
+            if rejection.is_server_fault() {
+                tracing::error!(flow = %flow.id, reason = %rejection, "webhook verification cannot run; refusing every request");
+                return Err(ApiError::Unavailable);
+            }
+            tracing::warn!(flow = %flow.id, reason = %rejection, "webhook request failed verification");
+            return Err(ApiError::VerificationFailed(format!(
+                "verification failed: {rejection}"
+            )));
+        }
+        message_id = verifier.message_id(&inbound);
+    }
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -80,8 +108,12 @@ pub(super) async fn receive(
         .map(|q| crate::trigger::webhook::form_object(q.as_bytes()))
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
-    let event = crate::trigger::event(body, headers, query, &method, &path, now);
-    let (code, run_id) = ingest(&state, &flow, event, now).await?;
+    let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
+    if flow.webhook().is_some_and(|w| w.verifier.is_some()) {
+        // A key or token the sender put in a header or the query is not stored.
+        state.engine.secrets.scrub_json(&mut event);
+    }
+    let (code, run_id) = ingest_with_id(&state, &flow, event, now, message_id).await?;
     Ok((code, axum::Json(json!({ "run_id": run_id }))).into_response())
 }
 
@@ -92,7 +124,28 @@ pub(super) async fn ingest(
     event: Json,
     now: i64,
 ) -> Result<(StatusCode, String), ApiError> {
+    ingest_with_id(state, flow, event, now, None).await
+}
+
+/// [`ingest`], with the message id a verified sender gave (Standard Webhooks' `webhook-id`,
+/// GitHub's delivery id…): without a `dedupe:` of its own, the flow deduplicates on it, so a
+/// replayed signed message starts nothing.
+async fn ingest_with_id(
+    state: &AppState,
+    flow: &Arc<Flow>,
+    event: Json,
+    now: i64,
+    message_id: Option<String>,
+) -> Result<(StatusCode, String), ApiError> {
     let mut dedupe = None;
+    if let (Some(w), Some(id)) = (flow.webhook(), message_id)
+        && w.dedupe.is_none()
+    {
+        dedupe = Some(Dedupe {
+            key: format!("message-id:{id}"),
+            expires_at_ms: now + w.dedupe_window.as_millis() as i64,
+        });
+    }
     if let Some(w) = flow.webhook()
         && let Some(expr) = &w.dedupe
     {

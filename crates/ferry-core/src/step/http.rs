@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
 use super::{CompileCx, ErrorKind, Step, StepCx, StepDef, StepError, StepOutput};
+use crate::connection::auth;
 use crate::connection::{Connection, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 use crate::expr::{EvalError, Template};
 use crate::flow::node::{Node, Spanned};
@@ -350,8 +351,19 @@ impl Http {
             .as_ref()
             .map(|c| c.timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
-        let mut req = cx
-            .http
+        // A URL built from data goes through the SSRF guard; one the operator wrote does not.
+        let guarded = self.url.as_ref().is_some_and(|u| !u.is_literal());
+        let http = match &self.connection {
+            Some(c) => c.client_for(&cx.http),
+            None if guarded => {
+                if let Err(e) = cx.net_policy.check_url(&url) {
+                    return Err(StepError::new(ErrorKind::Config, e.to_string()));
+                }
+                cx.guarded_http.clone()
+            }
+            None => cx.http.clone(),
+        };
+        let mut req = http
             .request(self.method.clone(), url.clone())
             .headers(headers)
             .timeout(timeout);
@@ -401,20 +413,43 @@ impl Http {
             }
             _ => {}
         }
-        let request_record = json!({
+        let mut request_record = json!({
             "method": self.method.as_str(),
             "url": redact_url(&url),
             "headers": record_headers,
             "body": record_body,
         });
+        let req = req.build().map_err(|e| {
+            let mut e = StepError::new(ErrorKind::Config, format!("invalid request: {e}"));
+            e.request = Some(request_record.clone());
+            e
+        })?;
+        // Auth goes on last, on the built request (HMAC signs the final bytes); on a 401 an
+        // OAuth 2.0 connection refreshes its token and sends once more.
+        let conn_auth = self.connection.as_ref().and_then(|c| c.auth.as_deref());
+        let resolve = |v: &crate::flow::model::ValueSource| cx.secrets.resolve(v);
+        let sent = auth::send(conn_auth, &http, req, &resolve).await;
+        let sent = sent.map_err(|e| {
+            let kind = match e.is_retryable() {
+                true => ErrorKind::Network,
+                false => ErrorKind::Config,
+            };
+            let mut e = StepError::new(kind, format!("auth: {e}"));
+            e.request = Some(request_record.clone());
+            e
+        })?;
+        sent.applied.mask_record(&mut request_record);
+        // Tokens and encoded credentials are scrubbed wherever an upstream echoes them.
+        for v in &sent.applied.sensitive {
+            cx.secrets.taint(v);
+        }
         let with_request = |mut e: StepError| {
             e.request = Some(request_record.clone());
             e
         };
 
-        let resp = req
-            .send()
-            .await
+        let resp = sent
+            .response
             .map_err(|e| with_request(transport_error(&e, timeout)))?;
         let status = resp.status().as_u16();
         let mut resp_headers = Map::new();
@@ -581,6 +616,10 @@ fn type_name(v: &Json) -> &'static str {
 }
 
 fn transport_error(e: &reqwest::Error, timeout: Duration) -> StepError {
+    if let Some(refused) = crate::net::refusal(e) {
+        // Not retryable: the address will not become public by waiting.
+        return StepError::new(ErrorKind::Config, refused);
+    }
     if e.is_timeout() {
         return StepError::new(
             ErrorKind::Timeout,

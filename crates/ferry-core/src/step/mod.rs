@@ -72,6 +72,9 @@ pub struct StepCx {
     /// Stable per run and step: the same on every retry and after a crash.
     pub idempotency_key: String,
     pub http: reqwest::Client,
+    /// For URLs built from data: internal addresses are refused (SSRF guard).
+    pub guarded_http: reqwest::Client,
+    pub net_policy: std::sync::Arc<crate::net::NetPolicy>,
     pub expr_timeout: Duration,
     /// Resolves `{ env }` / `{ secret }` values; knows what must be masked.
     pub secrets: std::sync::Arc<crate::secret::Vault>,

@@ -295,15 +295,22 @@ enum Scheme {
     Jwt(Box<jwt::Jwt>),
 }
 
-impl std::fmt::Debug for Verifier {
-    /// Names the scheme only: literal secrets must not reach a log through `{:?}`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match &self.scheme {
+impl Verifier {
+    /// The scheme's name as written in `verify: { scheme: … }`.
+    pub fn scheme(&self) -> &'static str {
+        match &self.scheme {
             Scheme::Hmac(h) => h.name().as_str(),
             Scheme::ApiKey(_) => "api_key",
             Scheme::Basic(_) => "basic",
             Scheme::Jwt(_) => "jwt",
-        };
+        }
+    }
+}
+
+impl std::fmt::Debug for Verifier {
+    /// Names the scheme only: literal secrets must not reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.scheme();
         f.debug_struct("Verifier").field("scheme", &name).finish()
     }
 }

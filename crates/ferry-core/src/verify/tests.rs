@@ -40,6 +40,7 @@ pub(super) fn resolve(src: &ValueSource) -> Result<Zeroizing<String>, String> {
     match src {
         ValueSource::Literal(s) => Ok(Zeroizing::new(s.clone())),
         ValueSource::Env { env } => Err(format!("environment variable `{env}` is not set")),
+        ValueSource::Secret { secret } => Err(format!("secret `{secret}` is not set")),
     }
 }
 

@@ -294,6 +294,9 @@ pub(crate) enum Fault {
     Slow(Duration),
     /// Answer 200 with a JSON body of this many bytes.
     Big(usize),
+    /// Answer with this status and a body that echoes the request's URL, headers and body,
+    /// as a verbose upstream error page does.
+    Echo(u16),
 }
 
 #[derive(Default)]
@@ -370,6 +373,14 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let echo = serde_json::json!({
+        "error": "unauthorized",
+        "you_sent": {
+            "url": uri.to_string(),
+            "headers": headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))).collect::<serde_json::Map<_, _>>(),
+            "body": String::from_utf8_lossy(&body),
+        }
+    });
     state.requests.lock().unwrap().push(Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
@@ -390,6 +401,12 @@ async fn record(
         )
             .into_response(),
         Some(Fault::Reset) => panic!("injected connection reset"),
+        Some(Fault::Echo(s)) => (
+            StatusCode::from_u16(s).unwrap(),
+            [("content-type", "application/json")],
+            echo.to_string(),
+        )
+            .into_response(),
         Some(Fault::Big(n)) => {
             let body = format!("\"{}\"", "x".repeat(n.saturating_sub(2)));
             ([("content-type", "application/json")], body).into_response()

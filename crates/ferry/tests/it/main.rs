@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `ferry` binary, over HTTP, against a local recording receiver.
 
+mod auth;
 mod cli;
 mod crash;
 mod harness;
 mod retries;
+mod trust;
 mod webhook;

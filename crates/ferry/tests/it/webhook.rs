@@ -316,7 +316,7 @@ async fn management_api_requires_the_admin_key_and_lists_flows() {
     assert_eq!(flows["flows"][0]["id"], "signup");
     assert_eq!(
         flows["flows"][0]["trigger"],
-        json!({"kind": "webhook", "path": "/hooks/signup", "method": "POST"})
+        json!({"kind": "webhook", "path": "/hooks/signup", "method": "POST", "verify": null, "rejected_requests": 0})
     );
     let (status, v) = ferry.api(Method::GET, "/runs/does-not-exist", None).await;
     assert_eq!(status, 404, "{v}");
