@@ -255,6 +255,32 @@ pub fn audit_json(e: AuditEntry) -> Json {
     })
 }
 
+/// Deletes every stored payload that contains `subject` (an e-mail, a customer id…) and
+/// records the erasure in the audit log, by a hash of the subject (the log must not keep
+/// what was erased). Returns `{"runs", "in_flight"}`.
+pub async fn erase(store: &dyn Store, by: &Caller, subject: &str) -> Result<Json, AccessError> {
+    let subject = subject.trim();
+    if subject.chars().count() < 3 {
+        return Err(AccessError::Invalid(
+            "the subject must have at least 3 characters (a shorter one would match almost everything)".into(),
+        ));
+    }
+    // As it appears inside stored JSON text.
+    let escaped = serde_json::to_string(subject).expect("a string serializes");
+    let needle = escaped[1..escaped.len() - 1].to_owned();
+    let (runs, in_flight) = store.erase(needle, crate::util::now_ms()).await?;
+    let digest = hex::encode(Sha256::digest(subject.as_bytes()));
+    record(
+        store,
+        by,
+        "erase",
+        &format!("sha256:{}", &digest[..16]),
+        Some(json!({ "runs": runs, "in_flight": in_flight })),
+    )
+    .await;
+    Ok(json!({ "runs": runs, "in_flight": in_flight }))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("{0}")]

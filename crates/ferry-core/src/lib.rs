@@ -15,6 +15,7 @@
 //! - [`trigger`]: the event shape, webhook body parsing
 //! - [`engine`]: the dispatcher and the run executor
 //! - [`store`]: the store trait and the embedded SQLite store
+//! - [`redact`]: `redact:` rules (paths masked in stored runs)
 //! - [`secret`]: the master key, sealed secrets, scrubbing of secret values
 //! - [`server`]: webhooks, health, management API
 //! - [`cli`]: the `ferry` commands
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod expr;
 pub mod flow;
 pub mod net;
+pub mod redact;
 pub mod secret;
 pub mod server;
 pub mod step;

@@ -406,3 +406,32 @@ pub(super) async fn audit(limit: u32, t: Target) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub(super) async fn erase(subject: String, t: Target) -> anyhow::Result<()> {
+    let backend = Backend::open(t, false, false).await?;
+    let v = match &backend {
+        Backend::Api(c) => {
+            c.call(
+                Method::POST,
+                "/erase",
+                &[],
+                Some(json!({ "subject": subject })),
+            )
+            .await?
+        }
+        Backend::Local { store, .. } => {
+            crate::access::erase(&**store, &Caller::local(), &subject).await?
+        }
+    };
+    say!(
+        "erased the payloads of {} run(s) that mentioned the subject",
+        v["runs"]
+    );
+    if v["in_flight"].as_u64().unwrap_or(0) > 0 {
+        say!(
+            "{} of them were still queued or running and may store the subject again; run `ferry erase` once more after they finish",
+            v["in_flight"]
+        );
+    }
+    Ok(())
+}

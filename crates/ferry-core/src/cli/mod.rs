@@ -77,6 +77,14 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Delete every stored payload (events, step records) that mentions a subject, e.g. a
+    /// customer's e-mail address (GDPR erasure). Audited by a hash of the subject.
+    Erase {
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// The audit log of changes, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -114,6 +122,7 @@ pub fn main() -> i32 {
                 admin::secrets(command, target).await.map(|_| 0)
             }
             Command::Keys { command, target } => admin::keys(command, target).await.map(|_| 0),
+            Command::Erase { subject, target } => admin::erase(subject, target).await.map(|_| 0),
             Command::Audit { limit, target } => admin::audit(limit, target).await.map(|_| 0),
         }
     });

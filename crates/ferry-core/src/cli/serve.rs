@@ -45,6 +45,9 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     allow_network: Vec<String>,
+    /// How often expired dedupe keys and payloads past their flow's retention are deleted.
+    #[arg(long, env = "FERRY_MAINTENANCE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    maintenance_interval: Duration,
 }
 
 pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -70,6 +73,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         workers: args.workers.max(1),
         allow_networks,
+        maintenance_every: args.maintenance_interval.max(Duration::from_millis(100)),
         ..EngineConfig::default()
     };
     let flows = project.flows.len();

@@ -6,6 +6,8 @@
 //! them after a crash yields the same values and no effect outside. A step that calls out
 //! always has its outcome committed before the next step starts.
 
+use std::sync::Arc;
+
 use serde_json::{Value as Json, json};
 
 use super::Engine;
@@ -22,6 +24,80 @@ pub struct StepReport {
     pub kind: &'static str,
     pub row: StepRow,
     pub retry_in_ms: Option<i64>,
+}
+
+/// What a run of a flow with `redact:` rules masks in what it stores.
+pub(crate) struct RunRedaction {
+    flow: Arc<Flow>,
+    /// The values at the event's redacted paths: masked wherever they appear.
+    values: Vec<String>,
+    /// The event with its redacted paths masked, stored once the run succeeded.
+    event: String,
+}
+
+impl RunRedaction {
+    pub(crate) fn new(flow: &Arc<Flow>, event_text: &str) -> Option<RunRedaction> {
+        if flow.redact_event.is_empty() && flow.redact_steps.is_empty() {
+            return None;
+        }
+        let mut event: Json = serde_json::from_str(event_text).unwrap_or(Json::Null);
+        let values = crate::redact::collect_values(&flow.redact_event, &event);
+        crate::redact::apply_all(&flow.redact_event, &mut event);
+        Some(RunRedaction {
+            flow: flow.clone(),
+            values,
+            event: event.to_string(),
+        })
+    }
+
+    pub(crate) fn row(&self, row: &mut StepRow) {
+        for (id, rule) in &self.flow.redact_steps {
+            if *id == row.path {
+                for v in [&mut row.output, &mut row.response].into_iter().flatten() {
+                    rule.apply(v);
+                }
+            }
+        }
+        if !self.values.is_empty() {
+            for v in [
+                &mut row.output,
+                &mut row.error,
+                &mut row.request,
+                &mut row.response,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                crate::redact::scrub_values(&self.values, v);
+            }
+        }
+    }
+}
+
+/// Applies `flow`'s `redact:` rules to a run read back from the store (for the API: a run
+/// not yet succeeded still holds its full event).
+pub fn redact_detail(flow: &Arc<Flow>, d: &mut crate::store::RunDetail) {
+    let Some(r) = RunRedaction::new(flow, &d.event.to_string()) else {
+        return;
+    };
+    crate::redact::apply_all(&flow.redact_event, &mut d.event);
+    d.steps.iter_mut().for_each(|row| r.row(row));
+}
+
+/// Removes a run's redaction entry however execution ends.
+struct Redacting<'a> {
+    engine: &'a Engine,
+    run_id: String,
+}
+
+impl Drop for Redacting<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .redacting
+            .lock()
+            .expect("redacting")
+            .remove(&self.run_id);
+    }
 }
 
 pub trait Observer: Send + Sync {
@@ -64,6 +140,23 @@ impl Engine {
         flow: &Flow,
         run: ClaimedRun,
     ) -> Result<(), crate::store::StoreError> {
+        let _redacting = match self
+            .project
+            .flow(&flow.id)
+            .and_then(|f| RunRedaction::new(f, &run.event))
+        {
+            Some(r) => {
+                self.redacting
+                    .lock()
+                    .expect("redacting")
+                    .insert(run.id.clone(), Arc::new(r));
+                Some(Redacting {
+                    engine: self,
+                    run_id: run.id.clone(),
+                })
+            }
+            None => None,
+        };
         let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
         let mut outputs = crate::expr::RunContext::from_text(&run.event, &run_info);
         // Results of steps already done (a resumed or replayed run).
@@ -335,7 +428,23 @@ impl Engine {
         // Secrets never reach the store: an upstream that echoes a token, a header value in
         // an error message, a secret mapped into an output are masked here.
         let mut rows = rows;
+        let redaction = self
+            .redacting
+            .lock()
+            .expect("redacting")
+            .get(run_id)
+            .cloned();
+        if let Some(r) = &redaction {
+            rows.iter_mut().for_each(|row| r.row(row));
+        }
         rows.iter_mut().for_each(|r| self.scrub(r));
+        let succeeded = matches!(
+            update,
+            RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                ..
+            }
+        );
         let mut update = update;
         if let RunUpdate::Finish { error: Some(e), .. } = &mut update {
             self.secrets.scrub_json(e);
@@ -347,7 +456,15 @@ impl Engine {
             update,
             now_ms: self.clock.now_ms(),
         };
-        self.store.write_step(write).await
+        self.store.write_step(write).await?;
+        // The event was needed until now (a retry or a crash re-reads it); once the run has
+        // succeeded, its redacted fields go from the store as well.
+        if succeeded && let Some(r) = redaction {
+            self.store
+                .replace_event(run_id.to_owned(), r.event.clone())
+                .await?;
+        }
+        Ok(())
     }
 
     async fn write(&self, run_id: &str, rows: Vec<StepRow>, update: RunUpdate) {

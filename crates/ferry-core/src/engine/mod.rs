@@ -5,6 +5,7 @@
 
 mod executor;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use executor::{Observer, StepReport};
+pub use executor::{Observer, StepReport, redact_detail};
 
 use crate::flow::Project;
 use crate::store::Store;
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     pub expr_timeout: Duration,
     /// Internal networks that URLs built from data may reach (`--allow-network`).
     pub allow_networks: Vec<ipnet::IpNet>,
+    /// How often expired dedupe keys and payloads past retention are deleted.
+    pub maintenance_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(30),
             expr_timeout: Duration::from_secs(2),
             allow_networks: Vec::new(),
+            maintenance_every: Duration::from_secs(60),
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct Engine {
     /// For URLs built from data: refuses internal addresses (see [`crate::net`]).
     pub guarded_http: reqwest::Client,
     pub net_policy: Arc<crate::net::NetPolicy>,
+    /// Runs executing here whose flow has `redact:` rules: what to mask in their records.
+    pub(crate) redacting: std::sync::Mutex<HashMap<String, Arc<executor::RunRedaction>>>,
     /// Secret values for `{ secret }` references, and what to scrub before storing.
     pub secrets: Arc<crate::secret::Vault>,
     /// Unique per process: the lease owner.
@@ -92,6 +98,7 @@ impl Engine {
             http: crate::net::client(policy.clone()),
             guarded_http: crate::net::guarded_client(policy.clone()),
             net_policy: policy,
+            redacting: Default::default(),
             secrets: crate::secret::Vault::in_memory(Default::default()),
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             wake: Notify::new(),
@@ -113,6 +120,25 @@ impl Engine {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Engine {
         self.observer = Some(observer);
         self
+    }
+
+    /// Retention: deletes the payloads of finished runs older than their flow's `retention`.
+    pub async fn purge_expired_payloads(&self) {
+        let now = self.clock.now_ms();
+        for flow in &self.project.flows {
+            let before = now - flow.retention.as_millis() as i64;
+            match self
+                .store
+                .purge_payloads(flow.id.clone(), before, now)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(flow = %flow.id, runs = n, "retention: deleted the payloads of old runs")
+                }
+                Err(e) => tracing::warn!(flow = %flow.id, error = %e, "retention purge failed"),
+            }
+        }
     }
 
     /// Something became due (a new event, a replay): look for work now.
@@ -199,11 +225,12 @@ impl Engine {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = tokio::time::sleep(engine.config.maintenance_every) => {}
                     }
                     if let Err(e) = engine.store.purge_dedupe(engine.clock.now_ms()).await {
                         tracing::warn!(error = %e, "purging dedupe keys failed");
                     }
+                    engine.purge_expired_payloads().await;
                 }
             })
         };

@@ -30,7 +30,16 @@ pub struct Flow {
     pub source: String,
     pub trigger: Trigger,
     pub steps: Vec<CompiledStep>,
+    /// `redact:` rules on the event (paths below `.event`).
+    pub redact_event: Vec<crate::redact::RedactPath>,
+    /// `redact:` rules on step results, by step id (paths below `.steps.ID`).
+    pub redact_steps: Vec<(String, crate::redact::RedactPath)>,
+    /// How long payloads of finished runs are kept.
+    pub retention: Duration,
 }
+
+/// Payloads of finished runs are kept this long unless a flow says otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Flow {
     /// Configured values of the trigger that may come from the environment or a secret.
@@ -203,6 +212,45 @@ pub(super) fn compile_flow(
             Some("add a step under `steps:`".into()),
         );
     }
+    let mut redact_event = Vec::new();
+    let mut redact_steps = Vec::new();
+    for rule in &config.redact {
+        let parsed = crate::redact::RedactPath::parse(&rule.value);
+        let placed = parsed.and_then(|p| {
+            let (root, rest) = p.split_first_key().ok_or_else(|| {
+                format!("`{}` must start with `.event` or `.steps.ID`", p.as_str())
+            })?;
+            match root {
+                "event" => Ok(Ok(rest)),
+                "steps" => match rest.split_first_key() {
+                    Some((id, rest)) if cx.all_steps.iter().any(|s| s == id) => {
+                        Ok(Err((id.to_owned(), rest)))
+                    }
+                    Some((id, _)) => Err(format!("`{}`: no step `{id}` in this flow", p.as_str())),
+                    None => Err(format!(
+                        "`{}`: name a step, e.g. `.steps.contact.body.email`",
+                        p.as_str()
+                    )),
+                },
+                other => Err(format!(
+                    "`{}` starts at `.{other}`; rules start with `.event` or `.steps.ID`",
+                    p.as_str()
+                )),
+            }
+        });
+        match placed {
+            Ok(Ok(p)) => redact_event.push(p),
+            Ok(Err(s)) => redact_steps.push(s),
+            Err(e) => cx.error(
+                rule.pos,
+                format!("invalid redact rule: {e}"),
+                Some(
+                    "a path such as `.event.body.email` or `.steps.contact.body.card.number`"
+                        .into(),
+                ),
+            ),
+        }
+    }
     if diags.len() > before {
         return None;
     }
@@ -215,6 +263,9 @@ pub(super) fn compile_flow(
             source: source.to_owned(),
             trigger: trigger?,
             steps,
+            redact_event,
+            redact_steps,
+            retention: config.retention.map(|d| d.0).unwrap_or(DEFAULT_RETENTION),
         },
         config.id.pos,
     ))
@@ -542,6 +593,23 @@ steps:
             let mut diags = Diagnostics::default();
             assert!(compile_connection("c.yaml", &node, &mut diags).is_none());
             assert!(diags.to_string().contains(message), "{value}: {diags}");
+        }
+    }
+
+    #[test]
+    fn redact_rules_are_checked_against_the_flow() {
+        let flow = |rules: &str| {
+            format!("id: m\ntrigger: manual\nredact: [{rules}]\nsteps:\n  - id: a\n    map: 1\n")
+        };
+        assert_eq!(errors(&flow("'.event.body.email', '.steps.a.x[].y'")), "");
+        for (rules, msg) in [
+            ("'.steps.b.x'", "no step `b`"),
+            ("'.run.id'", "rules start with `.event` or `.steps.ID`"),
+            ("'email'", "paths start with `.`"),
+            ("'.event | .x'", "unexpected"),
+        ] {
+            let e = errors(&flow(rules));
+            assert!(e.contains("3:") && e.contains(msg), "{rules}: {e}");
         }
     }
 

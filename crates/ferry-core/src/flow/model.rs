@@ -62,6 +62,15 @@ pub struct FlowConfig {
     pub trigger: Node,
     /// The steps, run in order. Each has an `id` and exactly one kind key (`http`, `map`, …).
     pub steps: Vec<Node>,
+    /// Paths whose values are masked (`***`) in stored runs, e.g. `.event.body.email` or
+    /// `.steps.contact.body.card`. A value masked in the event is masked wherever it appears
+    /// in the run's step records too. See docs/security.md.
+    #[serde(default)]
+    pub redact: Vec<Spanned<String>>,
+    /// How long the payloads of finished runs are kept (default `30d`); after that the event
+    /// and step records are deleted, the run's status and times stay.
+    #[serde(default)]
+    pub retention: Option<Dur>,
 }
 
 /// What starts a run of the flow.

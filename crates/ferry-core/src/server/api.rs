@@ -37,6 +37,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/keys", get(list_keys).post(create_key))
         .route("/keys/{id}", axum::routing::delete(revoke_key))
         .route("/audit", get(list_audit))
+        .route("/erase", post(erase))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError::MethodNotAllowed {
@@ -316,7 +317,12 @@ async fn get_run(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
     match state.engine.store.get_run(&id).await? {
-        Some(d) => Ok(Json(run_json(&d))),
+        Some(mut d) => {
+            if let Some(flow) = state.engine.project.flow(&d.summary.flow) {
+                crate::engine::redact_detail(flow, &mut d);
+            }
+            Ok(Json(run_json(&d)))
+        }
         None => Err(ApiError::NotFound(format!("no run `{id}`"))),
     }
 }
@@ -586,4 +592,26 @@ async fn list_audit(
         None
     };
     Ok(Json(json!({ "entries": entries, "next_before": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseBody {
+    subject: String,
+}
+
+/// `POST /erase`: deletes every stored payload that mentions `subject` (GDPR erasure).
+async fn erase(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Body(b): Body<EraseBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let report = crate::access::erase(&*state.engine.store, &caller, &b.subject)
+        .await
+        .map_err(|e| match e {
+            crate::access::AccessError::Invalid(m) => ApiError::BadRequest(m),
+            crate::access::AccessError::Store(s) => s.into(),
+        })?;
+    Ok(Json(report))
 }

@@ -290,6 +290,21 @@ pub trait Store: Send + Sync + 'static {
     /// False when no such key exists or it was revoked already.
     fn revoke_api_key(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<bool>>;
 
+    /// Replaces a run's stored event (redaction after the run succeeded).
+    fn replace_event(&self, run_id: String, event: String) -> BoxFuture<'_, Result<()>>;
+    /// Deletes the payloads (event, step outputs, requests, responses) of runs of `flow`
+    /// that finished before `before_ms`; status, times and errors stay. Returns how many.
+    fn purge_payloads(
+        &self,
+        flow: String,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<u64>>;
+    /// Deletes the payloads of every run whose event or step records contain `needle` (JSON
+    /// text, as stored), and dedupe keys that contain it. Returns (runs erased, of which
+    /// still in flight).
+    fn erase(&self, needle: String, now_ms: i64) -> BoxFuture<'_, Result<(u64, u64)>>;
+
     fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<()>>;
     /// Newest first; entries with `seq < before` when given.
     fn list_audit(&self, limit: u32, before: Option<i64>)

@@ -538,3 +538,98 @@ async fn urls_built_from_data_cannot_reach_internal_addresses_unless_allowed() {
     assert_eq!(receiver.requests_to("/internal").len(), 1);
     allowed.terminate();
 }
+
+#[tokio::test]
+async fn redaction_retention_and_erase_remove_personal_data() {
+    let receiver = Receiver::start().await;
+    let project = Project::new(
+        &[
+            ("connections/crm.yaml", "id: crm\nbase_url: '@RECEIVER@'\n"),
+            (
+                "flows/signup.yaml",
+                "id: signup\ntrigger: { webhook: { path: /signup } }\nredact: ['.event.body.email', '.steps.contact.body.ok']\nsteps:\n  - id: contact\n    http: { connection: crm, method: POST, path: /contacts, body: { email: '{{ .event.body.email }}', plan: '{{ .event.body.plan }}' } }\n",
+            ),
+            (
+                "flows/short.yaml",
+                "id: short\ntrigger: { webhook: { path: /short } }\nretention: 1s\nsteps:\n  - id: m\n    map: { who: '{{ .event.body.who }}' }\n",
+            ),
+        ],
+        Some(&receiver),
+    );
+    let server = Ferry::start_env(&project, &[("FERRY_MAINTENANCE_INTERVAL", "200ms")]);
+
+    // Redaction: the CRM gets the address; the stored run does not keep it anywhere.
+    let run = server
+        .run_event(
+            "/signup",
+            &json!({"email": "ada@example.com", "plan": "gold"}),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        receiver.requests_to("/contacts")[0].json()["email"],
+        "ada@example.com"
+    );
+    assert_eq!(run["event"]["body"]["email"], "***", "{run:#}");
+    assert_eq!(run["event"]["body"]["plan"], "gold");
+    let step = &run["steps"][0];
+    assert_eq!(step["output"]["body"]["ok"], "***", "{step}");
+    assert!(!run.to_string().contains("ada@example.com"), "{run:#}");
+
+    // Erase: every payload that mentions the subject goes; other runs stay.
+    let grace = server
+        .run_event(
+            "/signup",
+            &json!({"email": "grace@example.com", "plan": "grace@example.com"}),
+        )
+        .await;
+    let other = server
+        .run_event(
+            "/signup",
+            &json!({"email": "alan@example.com", "plan": "basic"}),
+        )
+        .await;
+    let (code, _, err) = ferry(
+        &[
+            "erase",
+            "--subject",
+            "grace@example.com",
+            "--server",
+            &server.url(""),
+        ],
+        "",
+        &[("FERRY_ADMIN_KEY", ADMIN_KEY)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 run(s)"), "{err}");
+    let erased = server.run(grace["id"].as_str().unwrap()).await;
+    assert_eq!(erased["event"], json!({}), "{erased:#}");
+    assert!(!erased.to_string().contains("grace@"), "{erased:#}");
+    let kept = server.run(other["id"].as_str().unwrap()).await;
+    assert_eq!(kept["event"]["body"]["plan"], "basic");
+    let (_, audit) = server.api(Method::GET, "/audit", None).await;
+    assert_eq!(audit["entries"][0]["action"], "erase");
+    assert!(!audit.to_string().contains("grace@"), "{audit}");
+    let (s, _) = server
+        .api(Method::POST, "/erase", Some(json!({"subject": "a"})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Retention: a finished run's payload goes after the flow's retention; the run stays.
+    let short = server.run_event("/short", &json!({"who": "someone"})).await;
+    let id = short["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = server.run(&id).await;
+        if r["event"] == json!({}) {
+            assert_eq!(r["status"], "succeeded");
+            assert_eq!(r["steps"][0]["output"], Value::Null, "{r:#}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not purged: {r:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The 30-day default keeps the signup runs.
+    let kept = server.run(other["id"].as_str().unwrap()).await;
+    assert_eq!(kept["event"]["body"]["plan"], "basic");
+}

@@ -31,6 +31,7 @@ const QUEUE_DEPTH: usize = 16_384;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_trust.sql"),
+    include_str!("migrations/0003_purged.sql"),
 ];
 
 pub struct SqliteStore {
@@ -309,6 +310,19 @@ fn api_key_row(r: &rusqlite::Row) -> rusqlite::Result<ApiKeyRow> {
         created_at_ms: r.get(4)?,
         revoked_at_ms: r.get(5)?,
     })
+}
+
+/// Drops a run's payloads; keeps its row (status, times) for counts.
+fn purge_run(c: &Connection, id: &str, now_ms: i64) -> Result<()> {
+    c.execute(
+        "UPDATE runs SET event = '{}', purged_at = ?2 WHERE id = ?1",
+        params![id, now_ms],
+    )?;
+    c.execute(
+        "UPDATE steps SET output = NULL, request = NULL, response = NULL, error = NULL WHERE run_id = ?1",
+        [id],
+    )?;
+    Ok(())
 }
 
 fn put_meta(c: &Connection, key: &str, value: &[u8], now_ms: i64) -> Result<()> {
@@ -903,6 +917,86 @@ impl Store for SqliteStore {
                     "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                     params![id, now_ms],
                 )? > 0)
+            },
+            false,
+        )
+    }
+
+    fn replace_event(&self, run_id: String, event: String) -> BoxFuture<'_, Result<()>> {
+        self.send(
+            move |c| {
+                c.execute(
+                    "UPDATE runs SET event = ?2 WHERE id = ?1",
+                    params![run_id, event],
+                )?;
+                Ok(())
+            },
+            false,
+        )
+    }
+
+    fn purge_payloads(
+        &self,
+        flow: String,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        self.send(
+            move |c| {
+                let ids: Vec<String> = {
+                    let mut st = c.prepare_cached(
+                        "SELECT id FROM runs WHERE flow = ?1 AND status IN ('succeeded', 'failed', 'dead')
+                         AND updated_at < ?2 AND purged_at IS NULL LIMIT 1000",
+                    )?;
+                    st.query_map(params![flow, before_ms], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                for id in &ids {
+                    purge_run(c, id, now_ms)?;
+                }
+                Ok(ids.len() as u64)
+            },
+            false,
+        )
+    }
+
+    fn erase(&self, needle: String, now_ms: i64) -> BoxFuture<'_, Result<(u64, u64)>> {
+        self.send(
+            move |c| {
+                let like = format!(
+                    "%{}%",
+                    needle
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                );
+                let hits: Vec<(String, String)> = {
+                    let mut st = c.prepare(
+                        "SELECT id, status FROM runs WHERE event LIKE ?1 ESCAPE '\\'
+                             OR error LIKE ?1 ESCAPE '\\'
+                             OR id IN (SELECT run_id FROM steps WHERE output LIKE ?1 ESCAPE '\\'
+                                 OR request LIKE ?1 ESCAPE '\\' OR response LIKE ?1 ESCAPE '\\'
+                                 OR error LIKE ?1 ESCAPE '\\')",
+                    )?;
+                    st.query_map([&like], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                // Overwrite what is deleted instead of leaving it in free pages.
+                c.pragma_update(None, "secure_delete", "ON")?;
+                let mut in_flight = 0;
+                for (id, status) in &hits {
+                    if status == "queued" || status == "running" {
+                        in_flight += 1;
+                    }
+                    purge_run(c, id, now_ms)?;
+                    c.execute(
+                        "UPDATE runs SET error = NULL WHERE id = ?1 AND error LIKE ?2 ESCAPE '\\'",
+                        params![id, like],
+                    )?;
+                }
+                c.execute("DELETE FROM dedupe WHERE key LIKE ?1 ESCAPE '\\'", [&like])?;
+                c.pragma_update(None, "secure_delete", "OFF")?;
+                Ok((hits.len() as u64, in_flight))
             },
             false,
         )
