@@ -29,6 +29,8 @@ pub struct Connection {
     pub max_response_bytes: u64,
     pub auth: Option<Arc<auth::Auth>>,
     pub tls: Option<Arc<auth::Tls>>,
+    /// `redact:` paths applied to request and response bodies before they are stored.
+    pub redact: Vec<crate::redact::RedactPath>,
 }
 
 impl Connection {
@@ -69,6 +71,12 @@ impl Connection {
             max_response_bytes: c.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             auth: auth.map(Arc::new),
             tls: tls.map(Arc::new),
+            // Checked with their positions by the loader (flow::compile).
+            redact: c
+                .redact
+                .iter()
+                .filter_map(|r| crate::redact::RedactPath::parse(&r.value).ok())
+                .collect(),
         })
     }
 

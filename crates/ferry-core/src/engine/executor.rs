@@ -37,7 +37,11 @@ pub(crate) struct RunRedaction {
 
 impl RunRedaction {
     pub(crate) fn new(flow: &Arc<Flow>, event_text: &str) -> Option<RunRedaction> {
-        if flow.redact_event.is_empty() && flow.redact_steps.is_empty() {
+        let by_connection = flow
+            .steps
+            .iter()
+            .any(|s| s.step.connection().is_some_and(|c| !c.redact.is_empty()));
+        if flow.redact_event.is_empty() && flow.redact_steps.is_empty() && !by_connection {
             return None;
         }
         let mut event: Json = serde_json::from_str(event_text).unwrap_or(Json::Null);
@@ -51,6 +55,22 @@ impl RunRedaction {
     }
 
     pub(crate) fn row(&self, row: &mut StepRow) {
+        let conn = self
+            .flow
+            .steps
+            .iter()
+            .find(|s| s.id == row.path)
+            .and_then(|s| s.step.connection());
+        if let Some(conn) = conn {
+            for v in [&mut row.output, &mut row.request, &mut row.response]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(body) = v.get_mut("body") {
+                    crate::redact::apply_all(&conn.redact, body);
+                }
+            }
+        }
         for (id, rule) in &self.flow.redact_steps {
             if *id == row.path {
                 for v in [&mut row.output, &mut row.response].into_iter().flatten() {

@@ -125,6 +125,19 @@ pub(super) fn compile_connection(
                 );
                 return None;
             }
+            let mut bad_rule = false;
+            for rule in &c.redact {
+                if let Err(e) = crate::redact::RedactPath::parse(&rule.value) {
+                    diags.push(
+                        Diagnostic::new(file, rule.pos, format!("invalid redact rule: {e}"))
+                            .hint("a path in the request or response body, e.g. `.email` or `.card.number`"),
+                    );
+                    bad_rule = true;
+                }
+            }
+            if bad_rule {
+                return None;
+            }
             match Connection::from_config(&c) {
                 Ok(conn) => Some((conn, c.id.pos)),
                 Err(e) => {
@@ -515,6 +528,7 @@ mod tests {
             max_response_bytes: 1024,
             auth: None,
             tls: None,
+            redact: vec![],
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();

@@ -196,6 +196,10 @@ pub struct ConnectionConfig {
     /// Largest response body accepted, in bytes (default 10 MiB).
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    /// Paths in request and response bodies masked (`***`) in stored runs, e.g. `.email`
+    /// or `.customer.card.number`.
+    #[serde(default)]
+    pub redact: Vec<Spanned<String>>,
     /// How requests prove who sends them (`api_key`, `basic`, `bearer`, `oauth2`, `jwt`,
     /// `hmac`); see docs/security-outbound.md.
     #[serde(default)]

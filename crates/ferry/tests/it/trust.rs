@@ -544,7 +544,10 @@ async fn redaction_retention_and_erase_remove_personal_data() {
     let receiver = Receiver::start().await;
     let project = Project::new(
         &[
-            ("connections/crm.yaml", "id: crm\nbase_url: '@RECEIVER@'\n"),
+            (
+                "connections/crm.yaml",
+                "id: crm\nbase_url: '@RECEIVER@'\nredact: ['.plan']\n",
+            ),
             (
                 "flows/signup.yaml",
                 "id: signup\ntrigger: { webhook: { path: /signup } }\nredact: ['.event.body.email', '.steps.contact.body.ok']\nsteps:\n  - id: contact\n    http: { connection: crm, method: POST, path: /contacts, body: { email: '{{ .event.body.email }}', plan: '{{ .event.body.plan }}' } }\n",
@@ -574,6 +577,9 @@ async fn redaction_retention_and_erase_remove_personal_data() {
     assert_eq!(run["event"]["body"]["plan"], "gold");
     let step = &run["steps"][0];
     assert_eq!(step["output"]["body"]["ok"], "***", "{step}");
+    // The connection's rule masks the request body it sent.
+    assert_eq!(step["request"]["body"]["plan"], "***", "{step}");
+    assert_eq!(receiver.requests_to("/contacts")[0].json()["plan"], "gold");
     assert!(!run.to_string().contains("ada@example.com"), "{run:#}");
 
     // Erase: every payload that mentions the subject goes; other runs stay.
