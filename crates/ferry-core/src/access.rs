@@ -269,7 +269,8 @@ pub async fn erase(store: &dyn Store, by: &Caller, subject: &str) -> Result<Json
     let escaped = serde_json::to_string(subject).expect("a string serializes");
     let needle = escaped[1..escaped.len() - 1].to_owned();
     let (runs, in_flight) = store.erase(needle, crate::util::now_ms()).await?;
-    let digest = hex::encode(Sha256::digest(subject.as_bytes()));
+    // Matching ignores ASCII case (SQLite LIKE); so does the hash in the log.
+    let digest = hex::encode(Sha256::digest(subject.to_ascii_lowercase().as_bytes()));
     record(
         store,
         by,

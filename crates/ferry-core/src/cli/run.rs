@@ -19,6 +19,10 @@ pub(super) struct RunArgs {
     /// Project folder (for connections); default: the folder above the flow's `flows/`.
     #[arg(long)]
     project: Option<PathBuf>,
+    /// A data folder whose secrets `{ secret: NAME }` resolves from (no server may hold it).
+    /// Without it, only literal and `{ env }` values resolve.
+    #[arg(long, env = "FERRY_DATA")]
+    data: Option<PathBuf>,
 }
 
 struct Printer;
@@ -98,7 +102,24 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let tmp = tempfile::tempdir().context("creating a temporary store")?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(tmp.path())?);
+    // Secrets come from the data folder when one is named; the run itself stays throwaway.
+    let mut _data_store = None;
+    let secrets = match &args.data {
+        Some(data) => {
+            let ds: Arc<dyn Store> = Arc::new(SqliteStore::open(data).with_context(|| {
+                format!(
+                    "opening the data folder `{}` for its secrets",
+                    data.display()
+                )
+            })?);
+            let vault = crate::secret::Vault::open(ds.clone(), data).await?;
+            _data_store = Some(ds);
+            vault
+        }
+        None => crate::secret::Vault::in_memory(Default::default()),
+    };
     let engine = Engine::new(store.clone(), Arc::new(project), EngineConfig::default())
+        .with_secrets(secrets)
         .with_observer(Arc::new(Printer));
     let run_id = crate::util::new_run_id();
     let new = NewRun {

@@ -467,6 +467,9 @@ impl Engine {
         );
         let mut update = update;
         if let RunUpdate::Finish { error: Some(e), .. } = &mut update {
+            if let Some(r) = &redaction {
+                crate::redact::scrub_values(&r.values, e);
+            }
             self.secrets.scrub_json(e);
         }
         let write = StepWrite {

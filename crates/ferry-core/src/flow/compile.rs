@@ -143,8 +143,7 @@ pub(super) fn compile_connection(
                 Err(e) => {
                     let pos = node.get(e.key()).map(|n| n.pos).unwrap_or(node.pos);
                     diags.push(
-                        Diagnostic::new(file, pos, e.to_string())
-                            .hint("see docs/security-outbound.md"),
+                        Diagnostic::new(file, pos, e.to_string()).hint("see docs/security.md"),
                     );
                     None
                 }

@@ -201,7 +201,7 @@ pub struct ConnectionConfig {
     #[serde(default)]
     pub redact: Vec<Spanned<String>>,
     /// How requests prove who sends them (`api_key`, `basic`, `bearer`, `oauth2`, `jwt`,
-    /// `hmac`); see docs/security-outbound.md.
+    /// `hmac`); see docs/security.md.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// Client certificate and extra CA for this connection.

@@ -580,9 +580,11 @@ struct AuditQuery {
 async fn list_audit(
     caller: Caller,
     State(state): State<Arc<AppState>>,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Admin)?;
+    let Query(q) =
+        q.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut entries = state.access.list_audit(limit + 1, q.before).await?;
     let next = if entries.len() > limit as usize {

@@ -18,6 +18,9 @@ pub enum ApiError {
     VerificationFailed(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A webhook's `verify:` cannot run (its secret is not set, its JWKS is unreachable).
+    #[error("this webhook cannot verify requests right now; retry later")]
+    VerifierUnavailable,
     #[error("{0}")]
     NotFound(String),
     #[error("method `{method}` is not allowed here; allowed: {allowed}")]
@@ -48,7 +51,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::VerifierUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +71,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Overloaded => "overloaded",
             ApiError::Unavailable => "unavailable",
+            ApiError::VerifierUnavailable => "verification-unavailable",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -67,7 +67,7 @@ pub(super) async fn receive(
             // why in the log, and tells the sender only that it should try again later.
             if rejection.is_server_fault() {
                 tracing::error!(flow = %flow.id, reason = %rejection, "webhook verification cannot run; refusing every request");
-                return Err(ApiError::Unavailable);
+                return Err(ApiError::VerifierUnavailable);
             }
             tracing::warn!(flow = %flow.id, reason = %rejection, "webhook request failed verification");
             return Err(ApiError::VerificationFailed(format!(

@@ -73,10 +73,11 @@ impl Step for Log {
             let value = cx
                 .eval(self.message.is_bounded(), move |ctx| t.render(ctx))
                 .await?;
-            let text = match &value {
+            // A secret (or a token derived from one) never reaches the log.
+            let text = cx.secrets.scrub_str(&match &value {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
-            };
+            });
             match self.level {
                 Level::Info => tracing::info!(run = %cx.run_id, step = %cx.step_path, "{text}"),
                 Level::Warn => tracing::warn!(run = %cx.run_id, step = %cx.step_path, "{text}"),

@@ -1,5 +1,5 @@
 //! Outbound auth through the real binary: the credential reaches the API, the stored run
-//! shows `***` in its place (docs/security-outbound.md).
+//! shows `***` in its place (docs/security.md).
 
 use std::time::Duration;
 

@@ -426,7 +426,8 @@ async fn api_keys_have_roles_and_every_change_is_audited() {
     assert_eq!(call(&okey, Method::GET, "/audit", None).await.0, 403);
 }
 
-#[tokio::test]
+// Multi-threaded: `ferry run` is waited for synchronously while the receiver answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_key_rotates_and_a_wrong_key_is_refused() {
     let receiver = Receiver::start().await;
     let project = Project::new(
@@ -468,6 +469,15 @@ async fn the_master_key_rotates_and_a_wrong_key_is_refused() {
         "value-one-1234"
     );
     drop(server);
+    // `ferry run` resolves secrets from a data folder it is given.
+    let flow = project.path().join("flows/f.yaml");
+    let (code, out, err) = ferry(&["run", flow.to_str().unwrap(), "--data", d], "", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        receiver.requests_to("/x")[1].header("x-key"),
+        "value-one-1234"
+    );
+    assert!(!out.contains("value-one-1234") && !err.contains("value-one-1234"));
 
     let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let (code, _, err) = ferry(

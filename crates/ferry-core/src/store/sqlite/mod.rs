@@ -607,9 +607,19 @@ fn replay(
 ) -> Result<Vec<String>> {
     let ids: Vec<String> = match select {
         ReplaySelect::One(id) => {
-            let status: Option<String> = c
-                .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            let row: Option<(String, Option<i64>)> = c
+                .query_row(
+                    "SELECT status, purged_at FROM runs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
+            if row.as_ref().is_some_and(|(_, purged)| purged.is_some()) {
+                return Err(StoreError::Conflict(format!(
+                    "run `{id}` cannot be replayed: its payload was deleted (retention or erase)"
+                )));
+            }
+            let status = row.map(|(s, _)| s);
             match status.as_deref() {
                 None => return Err(StoreError::Conflict(format!("no run `{id}`"))),
                 Some("failed" | "dead") => vec![id.clone()],
@@ -623,7 +633,9 @@ fn replay(
         ReplaySelect::Matching(f) => {
             let (wh, args) = filter_sql(f, true);
             let limit = if f.limit == 0 { 10_000 } else { f.limit };
-            let sql = format!("SELECT id FROM runs {wh} ORDER BY id LIMIT {limit}");
+            // `dead_only` makes `wh` a WHERE clause; runs whose payload is gone are skipped.
+            let sql =
+                format!("SELECT id FROM runs {wh} AND purged_at IS NULL ORDER BY id LIMIT {limit}");
             let mut stmt = c.prepare(&sql)?;
             let rows =
                 stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
