@@ -312,6 +312,13 @@ fn api_key_row(r: &rusqlite::Row) -> rusqlite::Result<ApiKeyRow> {
     })
 }
 
+/// The smallest UUIDv7 text of millisecond `ms`: ids below it were made before `ms`.
+fn uuid_bound(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    let hex = format!("{ms:012x}");
+    format!("{}-{}-7000-0000-000000000000", &hex[..8], &hex[8..])
+}
+
 /// Drops a run's payloads; keeps its row (status, times) for counts.
 fn purge_run(c: &Connection, id: &str, now_ms: i64) -> Result<()> {
     c.execute(
@@ -955,12 +962,17 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<u64>> {
         self.send(
             move |c| {
+                // Run ids are UUIDv7, ordered by creation time: a run that finished before
+                // `before_ms` was created before it, so the (flow, id) index bounds the scan.
+                // (No index on updated_at: every step write would have to maintain it.)
+                let bound = uuid_bound(before_ms);
                 let ids: Vec<String> = {
                     let mut st = c.prepare_cached(
-                        "SELECT id FROM runs WHERE flow = ?1 AND status IN ('succeeded', 'failed', 'dead')
+                        "SELECT id FROM runs WHERE flow = ?1 AND id < ?3
+                         AND status IN ('succeeded', 'failed', 'dead')
                          AND updated_at < ?2 AND purged_at IS NULL LIMIT 1000",
                     )?;
-                    st.query_map(params![flow, before_ms], |r| r.get(0))?
+                    st.query_map(params![flow, before_ms, bound], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?
                 };
                 for id in &ids {
@@ -1267,6 +1279,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("is running"), "{err}");
+    }
+
+    #[test]
+    fn uuid_bounds_order_like_the_ids_they_bound() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = crate::util::now_ms();
+        assert!(uuid_bound(now - 1000) < id, "{id}");
+        assert!(uuid_bound(now + 1000) > id, "{id}");
     }
 
     #[tokio::test]
