@@ -31,6 +31,9 @@ pub struct Connection {
     pub tls: Option<Arc<auth::Tls>>,
     /// `redact:` paths applied to request and response bodies before they are stored.
     pub redact: Vec<crate::redact::RedactPath>,
+    /// The `auth:` values that may come from the environment or a secret (for the start-up
+    /// check of unset secrets).
+    pub auth_sources: Vec<ValueSource>,
 }
 
 impl Connection {
@@ -38,6 +41,7 @@ impl Connection {
     pub fn value_sources(&self) -> Vec<&ValueSource> {
         std::iter::once(&self.base_url)
             .chain(self.headers.iter().map(|(_, v)| v))
+            .chain(self.auth_sources.iter())
             .collect()
     }
 
@@ -71,6 +75,11 @@ impl Connection {
             max_response_bytes: c.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             auth: auth.map(Arc::new),
             tls: tls.map(Arc::new),
+            auth_sources: c
+                .auth
+                .as_ref()
+                .map(|a| a.value_sources().into_iter().cloned().collect())
+                .unwrap_or_default(),
             // Checked with their positions by the loader (flow::compile).
             redact: c
                 .redact

@@ -528,6 +528,7 @@ mod tests {
             auth: None,
             tls: None,
             redact: vec![],
+            auth_sources: vec![],
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();

@@ -49,6 +49,7 @@ pub(super) async fn receive(
         .await
         .map_err(|_| ApiError::TooLarge(max))?;
     let mut message_id = None;
+    let mut verified = None;
     if let Some(verifier) = flow.webhook().and_then(|w| w.verifier.as_ref()) {
         let inbound = crate::verify::Inbound {
             headers: &parts.headers,
@@ -58,21 +59,33 @@ pub(super) async fn receive(
         let secrets = &state.engine.secrets;
         let resolve = |v: &crate::flow::model::ValueSource| secrets.resolve(v);
         let now_unix = state.engine.clock.now_ms() / 1000;
-        if let Err(rejection) = verifier
+        match verifier
             .verify(&inbound, &resolve, now_unix, &state.engine.http)
             .await
         {
-            state.count_rejection(&flow.id);
-            // Fail closed (SPEC §8.7): a verifier that cannot work refuses everything, says
-            // why in the log, and tells the sender only that it should try again later.
-            if rejection.is_server_fault() {
-                tracing::error!(flow = %flow.id, reason = %rejection, "webhook verification cannot run; refusing every request");
-                return Err(ApiError::VerifierUnavailable);
+            Ok(v) => {
+                if v.secret_index.is_some_and(|i| i > 0) {
+                    tracing::debug!(flow = %flow.id, secret = v.secret_index, "verified with a secret other than the first (rotation)");
+                }
+                verified = Some(json!({
+                    "scheme": verifier.scheme(),
+                    "subject": v.subject,
+                    "claims": v.claims,
+                }));
             }
-            tracing::warn!(flow = %flow.id, reason = %rejection, "webhook request failed verification");
-            return Err(ApiError::VerificationFailed(format!(
-                "verification failed: {rejection}"
-            )));
+            Err(rejection) => {
+                state.count_rejection(&flow.id);
+                // Fail closed (SPEC §8.7): a verifier that cannot work refuses everything, says
+                // why in the log, and tells the sender only that it should try again later.
+                if rejection.is_server_fault() {
+                    tracing::error!(flow = %flow.id, reason = %rejection, "webhook verification cannot run; refusing every request");
+                    return Err(ApiError::VerifierUnavailable);
+                }
+                tracing::warn!(flow = %flow.id, reason = %rejection, "webhook request failed verification");
+                return Err(ApiError::VerificationFailed(format!(
+                    "verification failed: {rejection}"
+                )));
+            }
         }
         message_id = verifier.message_id(&inbound);
     }
@@ -109,6 +122,10 @@ pub(super) async fn receive(
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
     let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
+    if let (Some(v), Json::Object(map)) = (verified, &mut event) {
+        // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
+        map.insert("verified".into(), v);
+    }
     if flow.webhook().is_some_and(|w| w.verifier.is_some()) {
         // A key or token the sender put in a header or the query is not stored.
         state.engine.secrets.scrub_json(&mut event);

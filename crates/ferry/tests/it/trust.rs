@@ -188,6 +188,10 @@ async fn signed_webhooks_are_verified_before_anything_is_stored() {
                 "id: shop\ntrigger:\n  webhook:\n    path: /hooks/shop\n    verify: { scheme: standard-webhooks, secret: { secret: shop_signing_key }, tolerance: 36500d }\nsteps:\n  - id: log\n    log: '{{ .event.body.test }}'\n",
             ),
             (
+                "flows/ops.yaml",
+                "id: ops\ntrigger:\n  webhook:\n    path: /hooks/ops\n    verify: { scheme: basic, username: ops, password: { secret: shop_signing_key } }\nsteps:\n  - id: who\n    map: '{{ .event.verified.subject }}'\n",
+            ),
+            (
                 "flows/unset.yaml",
                 "id: unset\ntrigger:\n  webhook:\n    path: /hooks/unset\n    verify: { scheme: github, secret: { secret: never_set } }\nsteps:\n  - id: log\n    log: hi\n",
             ),
@@ -271,6 +275,32 @@ async fn signed_webhooks_are_verified_before_anything_is_stored() {
         .wait_final(first["run_id"].as_str().unwrap(), Duration::from_secs(20))
         .await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        run["event"]["verified"]["scheme"], "standard-webhooks",
+        "{run:#}"
+    );
+
+    // The verified sender is on the event; the credential is not.
+    let basic = format!("Basic {}", {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{SW_SECRET}"))
+    });
+    let resp = server
+        .post(
+            "/hooks/ops",
+            "application/json",
+            "{}",
+            &[("authorization", basic.as_str())],
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = server.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(run["steps"][0]["output"], "ops", "{run:#}");
+    assert_eq!(run["event"]["headers"]["authorization"], "***");
 
     // Fail closed: a verifier whose secret is missing refuses everything, and says so.
     let resp = server

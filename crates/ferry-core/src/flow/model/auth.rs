@@ -218,3 +218,22 @@ pub struct TlsConfig {
     #[serde(default)]
     pub ca: Option<ValueSource>,
 }
+
+impl AuthConfig {
+    /// Every value that may come from the environment or a secret.
+    pub fn value_sources(&self) -> Vec<&ValueSource> {
+        match self {
+            AuthConfig::ApiKey(c) => vec![&c.value],
+            AuthConfig::Basic(c) => std::iter::once(&c.username)
+                .chain(c.password.as_ref())
+                .collect(),
+            AuthConfig::Bearer(c) => vec![&c.token],
+            AuthConfig::OAuth2(c) => std::iter::once(&c.client_id)
+                .chain(c.client_secret.as_ref())
+                .chain(c.refresh_token.as_ref())
+                .collect(),
+            AuthConfig::Jwt(c) => vec![&c.key],
+            AuthConfig::Hmac(c) => vec![&c.key],
+        }
+    }
+}
