@@ -297,6 +297,8 @@ pub(crate) enum Fault {
     /// Answer with this status and a body that echoes the request's URL, headers and body,
     /// as a verbose upstream error page does.
     Echo(u16),
+    /// Answer 302 to this location.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -401,6 +403,7 @@ async fn record(
         )
             .into_response(),
         Some(Fault::Reset) => panic!("injected connection reset"),
+        Some(Fault::Redirect(to)) => (StatusCode::FOUND, [("location", to)], "").into_response(),
         Some(Fault::Echo(s)) => (
             StatusCode::from_u16(s).unwrap(),
             [("content-type", "application/json")],

@@ -562,9 +562,15 @@ async fn urls_built_from_data_cannot_reach_internal_addresses_unless_allowed() {
         assert!(msg.contains("refused to connect"), "{target}: {msg}");
     }
     assert!(receiver.requests_to("/internal").is_empty());
-    // What the operator wrote goes where it says.
+    // What the operator wrote goes where it says…
     let run = server.run_event("/fixed", &json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
+    // …but cannot be redirected to an internal address on another host.
+    receiver.fail_next([Fault::Redirect("http://10.1.2.3/admin".into())]);
+    let run = server.run_event("/fixed", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("10.1.2.3") && msg.contains("private"), "{msg}");
 
     server.terminate();
     let mut allowed = Ferry::start_with(&project, &["--allow-network", "127.0.0.0/8"]);
@@ -576,6 +582,23 @@ async fn urls_built_from_data_cannot_reach_internal_addresses_unless_allowed() {
         .await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(receiver.requests_to("/internal").len(), 1);
+    // An allowed host cannot bounce the request to an address that is not allowed.
+    receiver.fail_next([Fault::Redirect(
+        "http://169.254.169.254/latest/meta-data/".into(),
+    )]);
+    let run = allowed
+        .run_event(
+            "/cb",
+            &json!({ "callback": format!("http://127.0.0.1:{port}/bounce") }),
+        )
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("169.254.169.254") && msg.contains("cloud-metadata"),
+        "{msg}"
+    );
+    assert_eq!(run["steps"][0]["attempts"], 1);
     allowed.terminate();
 }
 
