@@ -79,15 +79,7 @@ impl RunRedaction {
             }
         }
         if !self.values.is_empty() {
-            for v in [
-                &mut row.output,
-                &mut row.error,
-                &mut row.request,
-                &mut row.response,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for v in row.payloads_mut() {
                 crate::redact::scrub_values(&self.values, v);
             }
         }
@@ -157,14 +149,10 @@ impl Engine {
 
     async fn execute_flow(
         &self,
-        flow: &Flow,
+        flow: &Arc<Flow>,
         run: ClaimedRun,
     ) -> Result<(), crate::store::StoreError> {
-        let _redacting = match self
-            .project
-            .flow(&flow.id)
-            .and_then(|f| RunRedaction::new(f, &run.event))
-        {
+        let _redacting = match RunRedaction::new(flow, &run.event) {
             Some(r) => {
                 self.redacting
                     .lock()
@@ -511,17 +499,7 @@ impl Engine {
     }
 
     fn scrub(&self, row: &mut StepRow) {
-        for v in [
-            &mut row.output,
-            &mut row.error,
-            &mut row.request,
-            &mut row.response,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            self.secrets.scrub_json(v);
-        }
+        self.secrets.scrub_all(row.payloads_mut());
     }
 }
 

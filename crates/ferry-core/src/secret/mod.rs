@@ -426,9 +426,14 @@ impl Vault {
 
     /// Replaces every known secret value in the strings (and keys) of `v` by `***`.
     pub fn scrub_json(&self, v: &mut Json) {
+        self.scrub_all(std::iter::once(v));
+    }
+
+    /// [`scrub_json`](Self::scrub_json) for several values, listing the secrets once.
+    pub fn scrub_all<'a>(&self, values: impl Iterator<Item = &'a mut Json>) {
         let list = self.scrub_list();
         if !list.is_empty() {
-            scrub_value(&list, v);
+            values.for_each(|v| scrub_value(&list, v));
         }
     }
 

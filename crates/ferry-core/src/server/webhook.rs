@@ -122,13 +122,13 @@ pub(super) async fn receive(
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
     let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
-    if let (Some(v), Json::Object(map)) = (verified, &mut event) {
-        // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
-        map.insert("verified".into(), v);
-    }
-    if flow.webhook().is_some_and(|w| w.verifier.is_some()) {
+    if let Some(v) = verified {
         // A key or token the sender put in a header or the query is not stored.
         state.engine.secrets.scrub_json(&mut event);
+        // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
+        if let Json::Object(map) = &mut event {
+            map.insert("verified".into(), v);
+        }
     }
     let (code, run_id) = ingest_with_id(&state, &flow, event, now, message_id).await?;
     Ok((code, axum::Json(json!({ "run_id": run_id }))).into_response())

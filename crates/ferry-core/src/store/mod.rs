@@ -150,6 +150,20 @@ pub struct StepRow {
     pub response: Option<Json>,
 }
 
+impl StepRow {
+    /// The recorded payloads (output, error, request, response), for masking.
+    pub fn payloads_mut(&mut self) -> impl Iterator<Item = &mut Json> {
+        [
+            &mut self.output,
+            &mut self.error,
+            &mut self.request,
+            &mut self.response,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// A run handed to a worker under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedRun {
