@@ -15,18 +15,16 @@
 //! `User-Agent: ferry/VERSION`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{Map, Value as Json, json};
+use serde_json::Value as Json;
 
+use super::call::{self, OutBody, Outbound, scalar_text, type_name};
 use super::{CompileCx, ErrorKind, Step, StepCx, StepDef, StepError, StepOutput};
-use crate::connection::auth;
-use crate::connection::{Connection, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
+use crate::connection::{Connection, DEFAULT_MAX_RESPONSE_BYTES};
 use crate::expr::{EvalError, Template};
 use crate::flow::node::{Node, Spanned};
 
@@ -37,19 +35,6 @@ pub(super) const DEF: StepDef = StepDef {
     schema: |g| g.subschema_for::<HttpConfig>(),
 };
 
-pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
-
-/// Header names whose values never reach a stored run.
-const MASKED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-];
-pub(super) const MASK: &str = "***";
 /// Methods a step may use; anything else is most likely a typo (`PSOT`).
 const KNOWN_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
@@ -282,53 +267,7 @@ impl Http {
     }
 
     async fn send(&self, cx: &StepCx, r: Rendered) -> Result<StepOutput, StepError> {
-        let url = self.url_for(cx, &r)?;
-        let mut record_headers = Map::new();
-        let mut headers = HeaderMap::new();
-        let mut add = |name: &str,
-                       value: &str,
-                       sensitive: bool,
-                       headers: &mut HeaderMap|
-         -> Result<(), StepError> {
-            let hn = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                StepError::new(ErrorKind::Config, format!("invalid header name `{name}`"))
-            })?;
-            let hv = HeaderValue::from_str(value).map_err(|_| {
-                StepError::new(
-                    ErrorKind::Config,
-                    format!("invalid value for header `{name}`"),
-                )
-            })?;
-            let masked = sensitive || MASKED_HEADERS.contains(&hn.as_str());
-            record_headers.insert(
-                hn.as_str().to_owned(),
-                Json::String(if masked {
-                    MASK.into()
-                } else {
-                    value.to_owned()
-                }),
-            );
-            headers.insert(hn, hv);
-            Ok(())
-        };
-        if let Some(conn) = &self.connection {
-            for (name, source) in &conn.headers {
-                let value = cx
-                    .secrets
-                    .resolve(source)
-                    .map_err(|e| StepError::new(ErrorKind::Config, e))?;
-                add(name, &value, source.is_sensitive(), &mut headers)?;
-            }
-        }
-        if let Some(Json::Object(h)) = &r.headers {
-            for (name, value) in h {
-                add(name, &scalar_text(value), false, &mut headers)?;
-            }
-        }
-        add("idempotency-key", &cx.idempotency_key, false, &mut headers)?;
-        add("user-agent", USER_AGENT, false, &mut headers)?;
-
-        let mut url = url;
+        let mut url = self.url_for(cx, &r)?;
         if let Some(Json::Object(q)) = &r.query {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in q {
@@ -345,383 +284,61 @@ impl Http {
                 }
             }
         }
-
-        let timeout = self
-            .connection
-            .as_ref()
-            .map(|c| c.timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        // A URL built from data goes through the SSRF guard; one the operator wrote does not.
-        let guarded = self.url.as_ref().is_some_and(|u| !u.is_literal());
-        let http = match &self.connection {
-            Some(c) => c.client_for(&cx.http),
-            None if guarded => {
-                if let Err(e) = cx.net_policy.check_url(&url) {
-                    return Err(StepError::new(ErrorKind::Config, e.to_string()));
-                }
-                cx.guarded_http.clone()
-            }
-            None => cx.http.clone(),
+        let headers = match &r.headers {
+            Some(Json::Object(h)) => h.iter().map(|(k, v)| (k.clone(), scalar_text(v))).collect(),
+            _ => Vec::new(),
         };
-        let mut req = http
-            .request(self.method.clone(), url.clone())
-            .headers(headers)
-            .timeout(timeout);
-        let mut record_body = Json::Null;
-        match (&self.body, r.body) {
-            (Body::Json(_), Some(b)) => {
-                let bytes = serde_json::to_vec(&b).expect("json values serialize");
-                if !record_headers.contains_key("content-type") {
-                    req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
-                    record_headers.insert(
-                        "content-type".into(),
-                        Json::String("application/json".into()),
-                    );
-                }
-                req = req.body(bytes);
-                record_body = b;
-            }
-            (Body::Form(_), Some(Json::Object(fields))) => {
-                let pairs: Vec<(String, String)> = fields
+        let body = match (&self.body, r.body) {
+            (Body::Json(_), Some(b)) => OutBody::Json(b),
+            (Body::Form(_), Some(Json::Object(fields))) => OutBody::Form(
+                fields
                     .iter()
                     .map(|(k, v)| (k.clone(), scalar_text(v)))
-                    .collect();
-                req = req.form(&pairs);
-                record_headers.insert(
-                    "content-type".into(),
-                    Json::String("application/x-www-form-urlencoded".into()),
-                );
-                record_body = Json::Object(fields);
-            }
+                    .collect(),
+            ),
             (Body::Form(_), Some(other)) => {
                 return Err(StepError::new(
                     ErrorKind::Expression,
                     format!("`form` must render to an object, got {}", type_name(&other)),
                 ));
             }
-            (Body::Text(_), Some(b)) => {
-                if !record_headers.contains_key("content-type") {
-                    req = req.header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-                    record_headers.insert(
-                        "content-type".into(),
-                        Json::String("text/plain; charset=utf-8".into()),
-                    );
-                }
-                let text = scalar_text(&b);
-                req = req.body(text.clone());
-                record_body = Json::String(text);
-            }
-            _ => {}
-        }
-        let mut request_record = json!({
-            "method": self.method.as_str(),
-            "url": redact_url(&url),
-            "headers": record_headers,
-            "body": record_body,
-        });
-        let req = req.build().map_err(|e| {
-            let mut e = StepError::new(ErrorKind::Config, format!("invalid request: {e}"));
-            e.request = Some(request_record.clone());
-            e
-        })?;
-        // Auth goes on last, on the built request (HMAC signs the final bytes); on a 401 an
-        // OAuth 2.0 connection refreshes its token and sends once more.
-        let conn_auth = self.connection.as_ref().and_then(|c| c.auth.as_deref());
-        let resolve = |v: &crate::flow::model::ValueSource| cx.secrets.resolve(v);
-        let sent = auth::send(conn_auth, &http, req, &resolve).await;
-        let sent = sent.map_err(|e| {
-            let kind = match e.is_retryable() {
-                true => ErrorKind::Network,
-                false => ErrorKind::Config,
-            };
-            let mut e = StepError::new(kind, format!("auth: {e}"));
-            e.request = Some(request_record.clone());
-            e
-        })?;
-        sent.applied.mask_record(&mut request_record);
-        // Tokens and encoded credentials are scrubbed wherever an upstream echoes them.
-        for v in &sent.applied.sensitive {
-            cx.secrets.taint(v);
-        }
-        let with_request = |mut e: StepError| {
-            e.request = Some(request_record.clone());
-            e
+            (Body::Text(_), Some(b)) => OutBody::Text(scalar_text(&b)),
+            _ => OutBody::None,
         };
-
-        let resp = sent
-            .response
-            .map_err(|e| with_request(transport_error(&e, timeout)))?;
-        let status = resp.status().as_u16();
-        let mut resp_headers = Map::new();
-        for (name, value) in resp.headers() {
-            let v = if MASKED_HEADERS.contains(&name.as_str()) {
-                MASK.to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            match resp_headers.get_mut(name.as_str()) {
-                Some(Json::String(prev)) => {
-                    prev.push_str(", ");
-                    prev.push_str(&v);
-                }
-                _ => {
-                    resp_headers.insert(name.as_str().to_owned(), Json::String(v));
-                }
-            }
-        }
-        let is_json = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                let ct = ct
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                ct == "application/json" || ct.ends_with("+json")
-            })
-            .unwrap_or(false);
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = read_limited(resp, self.max_response_bytes)
-            .await
-            .map_err(with_request)?;
-        let body = if bytes.is_empty() {
-            Json::Null
-        } else if is_json {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned()))
-        } else {
-            Json::String(String::from_utf8_lossy(&bytes).into_owned())
-        };
-        let result = json!({ "status": status, "headers": resp_headers, "body": body });
-        if (200..300).contains(&status) {
+        let reply = call::send(
+            cx,
+            Outbound {
+                connection: self.connection.as_deref(),
+                method: self.method.clone(),
+                url: url.clone(),
+                // A URL built from data goes through the SSRF guard; one the operator wrote does not.
+                guarded: self.url.as_ref().is_some_and(|u| !u.is_literal()),
+                headers,
+                body,
+                max_response_bytes: self.max_response_bytes,
+            },
+        )
+        .await?;
+        let body = reply.body_value();
+        if reply.is_success() {
             Ok(StepOutput {
-                value: result,
-                request: Some(request_record),
+                value: reply.result(body),
+                request: Some(reply.request),
                 stop: false,
             })
         } else {
-            let mut e = StepError::new(
-                ErrorKind::Status(status),
-                format!("{} {} answered {status}", self.method, redact_url(&url)),
-            );
-            e.request = Some(request_record);
-            e.response = Some(result);
-            e.retry_after = retry_after;
-            Err(e)
+            Err(reply.status_error(&self.method, &url, body))
         }
     }
 
     fn url_for(&self, cx: &StepCx, r: &Rendered) -> Result<reqwest::Url, StepError> {
-        let text = match (&self.connection, &r.url) {
+        match (&self.connection, &r.url) {
             (Some(conn), _) => {
-                let base = cx
-                    .secrets
-                    .resolve(&conn.base_url)
-                    .map_err(|e| StepError::new(ErrorKind::Config, e))?;
                 let path = r.path.as_ref().map(scalar_text).unwrap_or_default();
-                join_url(&base, &path)
+                call::connection_url(cx, conn, &path)
             }
-            (None, Some(u)) => scalar_text(u),
-            (None, None) => return Err(StepError::new(ErrorKind::Config, "no url")),
-        };
-        let url = reqwest::Url::parse(&text).map_err(|e| {
-            StepError::new(ErrorKind::Config, format!("invalid url `{}`: {e}", text))
-        })?;
-        // Belt and braces for the rule in `join_url`: through a connection, the request goes
-        // to the connection's host and nowhere else.
-        if let Some(conn) = &self.connection {
-            let base = cx
-                .secrets
-                .resolve(&conn.base_url)
-                .map_err(|e| StepError::new(ErrorKind::Config, e))?;
-            let same = reqwest::Url::parse(&base)
-                .map(|b| {
-                    b.scheme() == url.scheme()
-                        && b.host_str() == url.host_str()
-                        && b.port_or_known_default() == url.port_or_known_default()
-                })
-                .unwrap_or(false);
-            if !same {
-                return Err(StepError::new(
-                    ErrorKind::Config,
-                    format!(
-                        "the request left connection `{}`'s host; `path` must stay under its base_url",
-                        conn.id
-                    ),
-                ));
-            }
+            (None, Some(u)) => call::parse_url(&scalar_text(u)),
+            (None, None) => Err(StepError::new(ErrorKind::Config, "no url")),
         }
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(StepError::new(
-                ErrorKind::Config,
-                format!(
-                    "unsupported url scheme `{}`; expected http or https",
-                    url.scheme()
-                ),
-            ));
-        }
-        Ok(url)
-    }
-}
-
-/// `base` + `path` with exactly one `/` between them. The path never replaces the base: a
-/// rendered path such as `https://elsewhere/x` stays under the base URL, so event data cannot
-/// send a connection's headers (its credentials) to another host.
-pub(super) fn join_url(base: &str, path: &str) -> String {
-    if path.is_empty() {
-        return base.to_owned();
-    }
-    format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
-}
-
-/// A URL as recorded: user info masked.
-fn redact_url(url: &reqwest::Url) -> String {
-    if url.password().is_some() || !url.username().is_empty() {
-        let mut u = url.clone();
-        let _ = u.set_username("");
-        let _ = u.set_password(None);
-        return u.to_string();
-    }
-    url.to_string()
-}
-
-fn scalar_text(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        Json::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn type_name(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "an object",
-    }
-}
-
-fn transport_error(e: &reqwest::Error, timeout: Duration) -> StepError {
-    if let Some(refused) = crate::net::refusal(e) {
-        // Not retryable: the address will not become public by waiting.
-        return StepError::new(ErrorKind::Config, refused);
-    }
-    if e.is_timeout() {
-        return StepError::new(
-            ErrorKind::Timeout,
-            format!("no answer within {}", humantime::format_duration(timeout)),
-        );
-    }
-    // The chain says what actually failed (refused, reset, DNS); reqwest's top line does not.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
-    }
-    StepError::new(ErrorKind::Network, msg)
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
-async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, StepError> {
-    if let Some(len) = resp.content_length()
-        && len > limit
-    {
-        return Err(StepError::new(
-            ErrorKind::BadResponse,
-            format!("response body of {len} bytes exceeds the limit of {limit}"),
-        ));
-    }
-    let mut buf = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if buf.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(StepError::new(
-                        ErrorKind::BadResponse,
-                        format!("response body exceeds the limit of {limit} bytes"),
-                    ));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf),
-            Err(e) if e.is_timeout() => {
-                return Err(StepError::new(
-                    ErrorKind::Timeout,
-                    "response body did not arrive in time",
-                ));
-            }
-            Err(e) => {
-                return Err(StepError::new(
-                    ErrorKind::Network,
-                    format!("reading the response failed: {e}"),
-                ));
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_join_with_one_slash() {
-        assert_eq!(
-            join_url("https://x/api/", "/contacts"),
-            "https://x/api/contacts"
-        );
-        assert_eq!(
-            join_url("https://x/api", "contacts"),
-            "https://x/api/contacts"
-        );
-        assert_eq!(join_url("https://x/api", ""), "https://x/api");
-        // A path never swaps the host (regression: event data could redirect credentials).
-        assert_eq!(
-            join_url("https://x/api", "https://evil.example/steal"),
-            "https://x/api/https://evil.example/steal"
-        );
-        for path in [
-            "https://evil.example/",
-            "//evil.example/a",
-            "@evil.example",
-            "..%2f..%2f",
-        ] {
-            let url = reqwest::Url::parse(&join_url("https://x/api", path)).unwrap();
-            assert_eq!(url.host_str(), Some("x"), "{path}");
-        }
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

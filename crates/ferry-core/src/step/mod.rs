@@ -3,12 +3,13 @@
 //! A step never touches the store or the server: it gets a context and returns an outcome;
 //! the engine persists outcomes and decides what runs next (`docs/specs/step.md`).
 
+mod call;
 mod filter;
 mod http;
 mod log;
 mod map;
 
-pub use http::USER_AGENT;
+pub use call::USER_AGENT;
 
 use std::collections::HashMap;
 use std::sync::Arc;
