@@ -439,7 +439,7 @@ fn tokens(src: &str) -> Result<Vec<(usize, Tok<'_>)>, SyntaxError> {
                 i += 1;
             }
             b'.' => {
-                if src[i..].starts_with("...") {
+                if b[i..].starts_with(b"...") {
                     out.push((i, Tok::Spread));
                     i += 3;
                 } else {
@@ -477,7 +477,7 @@ fn tokens(src: &str) -> Result<Vec<(usize, Tok<'_>)>, SyntaxError> {
             }
             b'"' => {
                 let start = i;
-                if src[i..].starts_with("\"\"\"") {
+                if b[i..].starts_with(b"\"\"\"") {
                     // Block string: ends at the first `"""` not escaped as `\"""`.
                     i += 3;
                     loop {
@@ -488,9 +488,9 @@ fn tokens(src: &str) -> Result<Vec<(usize, Tok<'_>)>, SyntaxError> {
                                 "close it with `\"\"\"`",
                             ));
                         }
-                        if src[i..].starts_with("\\\"\"\"") {
+                        if b[i..].starts_with(b"\\\"\"\"") {
                             i += 4;
-                        } else if src[i..].starts_with("\"\"\"") {
+                        } else if b[i..].starts_with(b"\"\"\"") {
                             i += 3;
                             break;
                         } else {
@@ -519,9 +519,9 @@ fn tokens(src: &str) -> Result<Vec<(usize, Tok<'_>)>, SyntaxError> {
                 }
                 out.push((start, Tok::Value));
             }
-            _ if src[i..].starts_with('\u{feff}') => i += 3,
+            _ if b[i..].starts_with("\u{feff}".as_bytes()) => i += 3,
             _ => {
-                let ch = src[i..].chars().next().unwrap_or('?');
+                let ch = src.get(i..).and_then(|r| r.chars().next()).unwrap_or('?');
                 return Err(err(
                     i,
                     format!("invalid GraphQL: unexpected character `{ch}`"),
@@ -655,7 +655,10 @@ fn check_document(src: &str) -> Result<Document, SyntaxError> {
         return Err(SyntaxError {
             offset: o,
             message: format!("invalid GraphQL: `{c}` is never closed"),
-            hint: format!("add the matching `{}`", closer(c)),
+            hint: format!(
+                "add the matching `{}`, or the one missing inside it",
+                closer(c)
+            ),
         });
     }
     Ok(doc)
@@ -1272,6 +1275,9 @@ mod tests {
                 offset: 8,
             }]
         );
+        // Multi-byte text in block strings and after escapes (regression: a byte index
+        // inside a character panicked).
+        assert!(check_document("{ a(s: \"\"\"é\\\"\"\"ü\"\"\", t: \"\\é\") }").is_ok());
         let e = check_document("{ a } }").unwrap_err();
         assert_eq!(
             (e.offset, e.message.as_str()),
@@ -1295,6 +1301,17 @@ mod tests {
             (e.offset, e.message.as_str()),
             (4, "invalid GraphQL: unexpected character `%`")
         );
+    }
+
+    proptest::proptest! {
+        // Any text is checked without a panic, and an error's offset can slice the query
+        // (positions inside it are computed from that offset).
+        #[test]
+        fn any_query_is_checked_without_panic(text in "(\\PC|[{}()\\[\\]\"$#.\n\\\\]){0,200}") {
+            if let Err(e) = check_document(&text) {
+                proptest::prop_assert!(e.offset <= text.len() && text.is_char_boundary(e.offset), "{e:?}");
+            }
+        }
     }
 
     #[test]
