@@ -7,7 +7,8 @@
 // Schema: a mutation `subscribe(email, name)`, a relay connection `customers(first, after)`
 // over 7 customers, a field `broken` that always fails with a GraphQL error, and an auth
 // check: every request needs `Authorization: Bearer ${TOKEN}` (env TOKEN, default
-// `test-token`), else 401 with a GraphQL-over-HTTP error body.
+// `test-token`), else 401 with a GraphQL-over-HTTP error body. An operation named `Flaky`
+// answers 503 the first time per Idempotency-Key.
 import { createServer } from 'node:http';
 import { createSchema, createYoga, createGraphQLError } from 'graphql-yoga';
 
@@ -75,6 +76,8 @@ const schema = createSchema({
 
 const yoga = createYoga({ schema, graphqlEndpoint: '/graphql', logging: false, maskedErrors: false });
 
+const flakySeen = new Set();
+
 const server = createServer((req, res) => {
   if (req.headers.authorization !== `Bearer ${TOKEN}`) {
     res.writeHead(401, { 'content-type': 'application/graphql-response+json' });
@@ -98,6 +101,20 @@ const server = createServer((req, res) => {
         variables: body.variables ?? null,
       }) + '\n',
     );
+    // An operation named `Flaky` fails once per Idempotency-Key with a 503 carrying
+    // GraphQL errors and `Retry-After: 0`, then succeeds: a retry must reuse the key.
+    if (body.operationName === 'Flaky') {
+      const key = req.headers['idempotency-key'] ?? '';
+      if (!flakySeen.has(key)) {
+        flakySeen.add(key);
+        res.writeHead(503, {
+          'content-type': 'application/graphql-response+json',
+          'retry-after': '0',
+        });
+        res.end(JSON.stringify({ errors: [{ message: 'warming up, try again' }] }));
+        return;
+      }
+    }
     const request = new Request(`http://${req.headers.host}${req.url}`, {
       method: req.method,
       headers: Object.entries(req.headers).flatMap(([k, v]) =>

@@ -67,7 +67,7 @@ struct GraphqlConfig {
     #[serde(default)]
     variables: Option<Node>,
     /// Which operation of the document to run (`operationName`). Needed when the document
-    /// holds more than one. Default: none.
+    /// holds more than one. Default: the name of the only operation, if it has one.
     #[serde(default)]
     operation_name: Option<Spanned<String>>,
     /// Request headers (templates). They replace connection headers of the same name.
@@ -212,6 +212,13 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         ok = false;
     }
 
+    // Sent as `operationName` also when only the query names it: servers key their logs
+    // and metrics by it.
+    let operation_name = c
+        .operation_name
+        .as_ref()
+        .map(|n| n.value.clone())
+        .or_else(|| op.and_then(|o| o.name.clone()));
     let pager = match &c.paginate {
         Some(p) => {
             let pager = compile_pager(p, cx);
@@ -256,7 +263,7 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         path,
         query: c.query.value,
         variables,
-        operation_name: c.operation_name.map(|n| n.value),
+        operation_name,
         headers,
         allow_errors: c.allow_errors,
         pager,

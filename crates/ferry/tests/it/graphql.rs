@@ -350,3 +350,29 @@ steps:
         ]
     );
 }
+
+#[tokio::test]
+async fn a_server_error_with_graphql_errors_is_retried_with_the_same_idempotency_key() {
+    let flow = r#"id: flaky
+trigger: { webhook: { path: /flaky } }
+steps:
+  - id: q
+    retry: { attempts: 3, initial: 10ms, max: 10ms }
+    graphql:
+      connection: shop
+      path: /graphql
+      query: 'query Flaky { hello }'
+"#;
+    let (server, _receiver, _project, ferry) = start(flow).await;
+    let run = ferry.run_event("/flaky", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let step = &run["steps"][0];
+    assert_eq!(step["attempts"], 2);
+    assert_eq!(step["output"]["data"], json!({"hello": "world"}));
+    let seen = server.requests(2).await;
+    // `operationName` comes from the query's only operation when the step does not set it.
+    assert_eq!(seen[0]["operation_name"], "Flaky");
+    let key = format!("{}:q", run["id"].as_str().unwrap());
+    assert_eq!(seen[0]["idempotency_key"], key.as_str());
+    assert_eq!(seen[1]["idempotency_key"], key.as_str());
+}
