@@ -5,6 +5,7 @@
 
 mod call;
 mod filter;
+mod graphql;
 mod http;
 mod log;
 mod map;
@@ -33,7 +34,7 @@ pub struct StepDef {
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
-pub const STEPS: &[StepDef] = &[http::DEF, map::DEF, filter::DEF, log::DEF];
+pub const STEPS: &[StepDef] = &[http::DEF, graphql::DEF, map::DEF, filter::DEF, log::DEF];
 
 pub fn kinds() -> impl Iterator<Item = &'static str> {
     STEPS.iter().map(|d| d.kind)

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod graphql;
 mod harness;
 mod retries;
 mod trust;
