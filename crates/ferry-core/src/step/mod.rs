@@ -8,6 +8,7 @@ mod filter;
 mod http;
 mod log;
 mod map;
+mod paginate;
 
 pub use call::USER_AGENT;
 
