@@ -10,9 +10,18 @@
 //! ```
 //!
 //! The result is `{"status", "headers", "body"}`, the body parsed as JSON when the response
-//! says JSON, else text. A non-2xx status fails the attempt (retried per SPEC §8.3). Every
-//! request carries `Idempotency-Key` (run + step, stable across retries) and
-//! `User-Agent: ferry/VERSION`.
+//! says JSON, text for other text types, `{base64, content_type, size}` for binary ones. A
+//! non-2xx status fails the attempt (retried per SPEC §8.3), except a 3xx when the flow
+//! turned redirects off. Every request carries `Idempotency-Key` (run + step, stable across
+//! retries) and `User-Agent: ferry/VERSION`.
+//!
+//! With `paginate:` the step fetches page after page ([`super::paginate`] decides where the
+//! next one is) and `.body` is every page's items. One attempt is the whole listing: a
+//! failing page fails it, and a retry starts from the first page, since a cursor or offset
+//! from a failed attempt may no longer be valid.
+//!
+//! Bodies: JSON, form, text, multipart (built here into bytes, so `auth:` signing sees the
+//! final body) and binary (base64 in, raw bytes out).
 
 use std::sync::Arc;
 
