@@ -784,3 +784,156 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&cleaned))
         .map_err(|e| format!("invalid base64 ({e})"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::diag::Diagnostics;
+
+    /// The compile errors of an `http:` setting, as `ferry validate` prints them.
+    fn errors(yaml: &str) -> String {
+        let node = crate::flow::node::parse_yaml(yaml).unwrap();
+        let conns = HashMap::new();
+        let mut diags = Diagnostics::default();
+        let mut cx = CompileCx {
+            file: "f.yaml",
+            source: yaml,
+            connections: &conns,
+            diags: &mut diags,
+            steps_before: vec![],
+            all_steps: vec![],
+        };
+        let compiled = compile(&node, &mut cx).is_some();
+        assert_eq!(
+            compiled,
+            diags.is_empty(),
+            "None exactly when an error was reported"
+        );
+        diags.sort();
+        diags.to_string()
+    }
+
+    #[test]
+    fn bad_pagination_multipart_and_redirect_settings_are_located() {
+        insta::assert_snapshot!(errors("url: https://x.example/a\npaginate: { link: next, cursor: { param: c, next: .page.body.n } }\n"), @r"
+        f.yaml:2:11: error: `paginate` takes one way of finding the next page, got `link` and `cursor`
+          hint: e.g. `paginate: { link: next }` or `paginate: { cursor: { param: after, next: .page.body.next } }`
+        ");
+        insta::assert_snapshot!(errors("url: https://x.example/a\npaginate: { items: .data }\n"), @r"
+        f.yaml:2:11: error: `paginate` needs one of `link`, `cursor`, `page`, `offset`
+          hint: e.g. `paginate: { link: next }` or `paginate: { cursor: { param: after, next: .page.body.next } }`
+        ");
+        insta::assert_snapshot!(errors("url: https://x.example/a\npaginate:\n  link: prev\n  max_items: -1\n  items: '.page.body | nope'\n"), @r#"
+        f.yaml:3:9: error: unknown link relation `prev`
+          hint: `link: next` follows the `Link` header's rel="next"
+        f.yaml:4:14: error: `max_items` must be at least 1, got -1
+          hint: give a number of 1 or more
+        f.yaml:5:24: error: invalid expression: undefined filter `nope`
+          hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        "#);
+        insta::assert_snapshot!(errors("url: https://x.example/a\npaginate: { offset: { param: o, limit_param: l, limit: 0 } }\n"), @r"
+        f.yaml:2:56: error: `offset.limit` must be at least 1, got 0
+          hint: give a number of 1 or more
+        ");
+        insta::assert_snapshot!(errors("url: https://x.example/a\nmultipart:\n  - { text: a }\n  - { name: f, base64: eA==, text: x }\n"), @r"
+        f.yaml:3:5: error: a multipart part in a list needs `name`
+          hint: add `name: <field name>`
+        f.yaml:4:5: error: a multipart part needs exactly one of `text`, `base64`
+          hint: `text:` for text content, `base64:` for bytes
+        ");
+        insta::assert_snapshot!(errors("url: https://x.example/a\nredirects: sometimes\nbody: {}\nbinary: eA==\n"), @r"
+        f.yaml:2:12: error: expected `follow`, `none` or a number of redirects from 0 to 20
+          hint: see docs/flows.md for the keys each part takes
+        ");
+        insta::assert_snapshot!(errors("url: https://x.example/a\nbody: {}\nbinary: eA==\n"), @"f.yaml:1:1: error: give at most one of `body`, `form`, `text`, `multipart`, `binary`");
+    }
+
+    #[test]
+    fn multipart_bodies_keep_the_written_order_and_record_sizes_not_bytes() {
+        let body = multipart_body(
+            json!({
+                "b": 2,
+                "a\"\r\n": { "filename": "x\"y.txt", "content_type": "text/plain", "base64": "aGk=" },
+            }),
+            &["b".into(), "a\"\r\n".into()],
+        )
+        .unwrap();
+        let OutBody::Bytes {
+            content_type,
+            bytes,
+            record,
+        } = body
+        else {
+            panic!("bytes");
+        };
+        let boundary = content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\n2\r\n\
+                 --{boundary}\r\nContent-Disposition: form-data; name=\"a%22%0D%0A\"; filename=\"x%22y.txt\"\r\nContent-Type: text/plain\r\n\r\nhi\r\n\
+                 --{boundary}--\r\n"
+            )
+        );
+        assert_eq!(record["multipart"][0], json!({"name": "b", "value": "2"}));
+        assert_eq!(record["multipart"][1]["value"], json!({"size": 2}));
+
+        let err = |v: Json| match multipart_body(v, &[]) {
+            Err(e) => (e.kind, e.message),
+            Ok(_) => panic!("accepted"),
+        };
+        assert_eq!(
+            err(json!({"f": {"txt": "x"}})),
+            (
+                ErrorKind::Expression,
+                "`multipart`: unknown part key `txt` in part `f`".into()
+            )
+        );
+        assert!(err(json!([{"text": "x"}])).1.contains("needs `name`"));
+        assert!(
+            err(json!({"f": {"base64": "%%%"}}))
+                .1
+                .contains("invalid base64")
+        );
+        assert!(
+            err(json!({"f": {"text": "x", "content_type": "a\r\nX-Evil: 1"}}))
+                .1
+                .contains("line break")
+        );
+        assert!(err(json!("x")).1.contains("got a string"));
+    }
+
+    #[test]
+    fn binary_bodies_take_the_header_then_the_value_content_type() {
+        let ct = |v: Json, headers: &[(String, String)]| match binary_body(v, headers).unwrap() {
+            OutBody::Bytes {
+                content_type,
+                bytes,
+                record,
+            } => {
+                assert_eq!(bytes, b"hi");
+                assert_eq!(record["binary"]["size"], 2);
+                content_type
+            }
+            _ => panic!("bytes"),
+        };
+        let pdf = json!({"base64": "aGk=", "content_type": "application/pdf", "size": 2});
+        assert_eq!(ct(pdf.clone(), &[]), "application/pdf");
+        assert_eq!(
+            ct(pdf, &[("Content-Type".into(), "image/png".into())]),
+            "image/png"
+        );
+        assert_eq!(ct(json!("aGk"), &[]), "application/octet-stream");
+        assert_eq!(ct(json!("aG\nk="), &[]), "application/octet-stream");
+        for bad in [json!(3), json!({"content_type": "x"}), json!("not base64!")] {
+            let e = binary_body(bad.clone(), &[]).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Expression, "{bad}");
+            assert!(e.message.starts_with("`binary`: "), "{}", e.message);
+        }
+    }
+}

@@ -176,9 +176,7 @@ pub(super) fn compile(node: &Node, cx: &mut CompileCx) -> Option<Paginate> {
             cx.error(
                 v.pos,
                 format!("`{name}` must be at least 1, got {}", v.value),
-                Some(format!(
-                    "remove `{name}` for the default, or give a positive number"
-                )),
+                Some("give a number of 1 or more".into()),
             );
             return None;
         }
@@ -686,5 +684,26 @@ mod tests {
             "{e}"
         );
         assert!(items_of(json!("x"), true).unwrap_err().contains("a string"));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// `Link` headers come from the API: any text is read without a panic, and what is
+        /// followed is an http(s) URL.
+        #[test]
+        fn any_link_header_is_read_without_panicking(h in "\\PC{0,200}", tail in "[<>;,=\" a-z/?.:]{0,80}") {
+            let base = reqwest::Url::parse("https://api.example/v1/items").unwrap();
+            for header in [h.clone(), format!("<{h}>; rel=next"), format!("{tail}{h}")] {
+                if let Some(Ok(u)) = link_next(&header, &base) {
+                    prop_assert!(matches!(u.scheme(), "http" | "https"));
+                }
+            }
+        }
     }
 }
