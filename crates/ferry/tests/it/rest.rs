@@ -541,3 +541,76 @@ async fn bad_pagination_settings_are_located_validate_errors() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_redirect_limit_keeps_the_ssrf_checks_on_every_hop() {
+    use crate::harness::{Fault, Receiver};
+    let receiver = Receiver::start().await;
+    let port = receiver.addr.port();
+    let project = Project::new(
+        &[
+            (
+                "flows/fixed.yaml",
+                flow(
+                    "fixed",
+                    "  - id: notify\n    http: { url: '@RECEIVER@/fixed', redirects: 3 }\n",
+                )
+                .as_str(),
+            ),
+            (
+                "flows/cb.yaml",
+                flow(
+                    "cb",
+                    "  - id: notify\n    http: { url: '{{ .event.body.callback }}', redirects: 2 }\n",
+                )
+                .as_str(),
+            ),
+        ],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_with(&project, &["--allow-network", "127.0.0.0/8"]);
+    // An operator-written URL: followed, but not to an internal address on another host.
+    receiver.fail_next([Fault::Redirect("/fixed-2".into())]);
+    let run = ferry.run_event("/fixed", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(receiver.requests_to("/fixed-2").len(), 1);
+    receiver.fail_next([Fault::Redirect("http://10.1.2.3/admin".into())]);
+    let run = ferry.run_event("/fixed", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("10.1.2.3") && msg.contains("private"), "{msg}");
+    // A URL from data: an allowed host cannot bounce it to the metadata address.
+    receiver.fail_next([Fault::Redirect(
+        "http://169.254.169.254/latest/meta-data/".into(),
+    )]);
+    let run = ferry
+        .run_event(
+            "/cb",
+            &json!({ "callback": format!("http://127.0.0.1:{port}/bounce") }),
+        )
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cloud-metadata"), "{msg}");
+    assert_eq!(run["steps"][0]["attempts"], 1);
+    // More redirects than allowed fail the attempt.
+    receiver.fail_next([
+        Fault::Redirect("/a".into()),
+        Fault::Redirect("/b".into()),
+        Fault::Redirect("/c".into()),
+    ]);
+    let run = ferry
+        .run_event(
+            "/cb",
+            &json!({ "callback": format!("http://127.0.0.1:{port}/start") }),
+        )
+        .await;
+    // The first attempt stopped at the third redirect; the retry found no redirect left.
+    assert_eq!(run["steps"][0]["attempts"], 2, "{run:#}");
+    let paths: Vec<String> = receiver.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths[paths.len() - 4..], ["/start", "/a", "/b", "/start"]);
+    assert!(
+        receiver.requests_to("/c").is_empty(),
+        "the third redirect is not followed"
+    );
+}
