@@ -508,7 +508,14 @@ impl Http {
                 return Err(reply.status_error(&self.method, &next, body));
             }
             urls.push(reply.request["url"].clone());
-            let (page_items, cursor) = self.page_values(cx, p, &reply, body).await?;
+            let (page_items, cursor) =
+                self.page_values(cx, p, &reply, body)
+                    .await
+                    .map_err(|mut e| {
+                        e.message = format!("page {pages}: {}", e.message);
+                        e.request = Some(reply.request.clone());
+                        e
+                    })?;
             let count = page_items.len();
             items.extend(page_items);
             let mut truncated = false;

@@ -332,6 +332,13 @@ async fn a_next_link_to_another_host_fails_without_sending_the_credentials_there
                     "  - id: list\n    http: { connection: api, path: /evil/items, paginate: { link: next } }\n",
                 ),
             ),
+            (
+                "flows/object.yaml",
+                &flow(
+                    "object",
+                    "  - id: list\n    http: { connection: api, path: /cursor/items, paginate: { page: { param: p } } }\n",
+                ),
+            ),
         ],
         None,
     );
@@ -343,6 +350,22 @@ async fn a_next_link_to_another_host_fails_without_sending_the_credentials_there
     assert!(msg.contains("another host"), "{msg}");
     assert_eq!(api.seen("/evil/items").len(), 1, "not retried");
     assert!(api.seen("/stolen").is_empty());
+
+    // A page whose items cannot be found fails with what to fix.
+    let run = ferry.run_event("/object", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["kind"], "bad_response", "{run:#}");
+    assert_eq!(
+        run["error"]["message"],
+        "page 1: a page's body is an object, not a list; set `paginate.items` to where the items are, e.g. `.page.body.data`"
+    );
+    assert!(
+        run["steps"][0]["request"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/cursor/items?p=1"),
+        "{run:#}"
+    );
 }
 
 /// The parts of a `multipart/form-data` body: (headers text, content).
