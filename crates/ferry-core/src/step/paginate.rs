@@ -324,8 +324,16 @@ impl Paginate {
                 None | Some(Json::Null | Json::Bool(false)) => return Ok(Next::Done),
                 Some(Json::String(s)) if s.is_empty() => return Ok(Next::Done),
                 Some(v) => {
+                    let cursor = super::call::scalar_text(v);
+                    // An API that hands back the cursor it was given would be fetched
+                    // `max_pages` times for the same page: say so instead.
+                    if current_param(page.url, param).as_deref() == Some(cursor.as_str()) {
+                        return Err(format!(
+                            "the API answered `{param}={cursor}` with the same cursor again; check `cursor.next`"
+                        ));
+                    }
                     let mut url = page.url.clone();
-                    set_param(&mut url, param, &super::call::scalar_text(v));
+                    set_param(&mut url, param, &cursor);
                     url
                 }
             },
@@ -588,6 +596,12 @@ mod tests {
                 "{stop}"
             );
         }
+        // The cursor just sent, again: a loop, not a next page.
+        let same = json!("a1");
+        let e = p
+            .next(&seen(&here, None, 2, Some(&same)), 2, 4, &here)
+            .unwrap_err();
+        assert!(e.contains("same cursor again"), "{e}");
         // A numeric cursor is sent as its text.
         let n = json!(40);
         assert_eq!(

@@ -128,6 +128,26 @@ impl Api {
                     )
                 }),
             )
+            .route(
+                "/brotli",
+                get(|| async {
+                    let body = json!({ "greeting": "hallo" }).to_string();
+                    let mut out = Vec::new();
+                    brotli::BrotliCompress(
+                        &mut body.as_bytes(),
+                        &mut out,
+                        &brotli::enc::BrotliEncoderParams::default(),
+                    )
+                    .unwrap();
+                    (
+                        [
+                            ("content-type", "application/json"),
+                            ("content-encoding", "br"),
+                        ],
+                        out,
+                    )
+                }),
+            )
             // 2 KiB on the wire, 4 MiB inflated.
             .route(
                 "/bomb",
@@ -505,6 +525,13 @@ async fn compressed_responses_are_decoded_and_the_limit_applies_to_the_decoded_s
                 ),
             ),
             (
+                "flows/br.yaml",
+                &flow(
+                    "br",
+                    "  - id: get\n    http: { connection: api, path: /brotli }\n",
+                ),
+            ),
+            (
                 "flows/bomb.yaml",
                 &flow(
                     "bomb",
@@ -526,6 +553,10 @@ async fn compressed_responses_are_decoded_and_the_limit_applies_to_the_decoded_s
         .unwrap()
         .to_owned();
     assert!(accept.contains("gzip") && accept.contains("br"), "{accept}");
+
+    let run = ferry.run_event("/br", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(output(&run, "get")["body"], json!({ "greeting": "hallo" }));
 
     let run = ferry.run_event("/bomb", &json!({})).await;
     assert_eq!(run["status"], "failed", "{run:#}");
