@@ -7,8 +7,9 @@
 //! (so a name cannot resolve to a public address for the check and a private one for the
 //! connection), and again on every redirect.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -84,11 +85,38 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
 #[derive(Debug, Clone, Default)]
 pub struct NetPolicy {
     allow: Vec<IpNet>,
+    /// Clients with a `redirects:` setting other than the default, built on first use and
+    /// kept (a client owns a connection pool), keyed by (guarded, max redirects).
+    redirect_clients: Arc<Mutex<HashMap<(bool, usize), reqwest::Client>>>,
 }
 
 impl NetPolicy {
     pub fn new(allow: Vec<IpNet>) -> NetPolicy {
-        NetPolicy { allow }
+        NetPolicy {
+            allow,
+            redirect_clients: Arc::default(),
+        }
+    }
+
+    /// The shared client ([`client`] or, when `guarded`, [`guarded_client`]) that follows at
+    /// most `max` redirects.
+    pub fn client_with_redirects(&self, guarded: bool, max: usize) -> reqwest::Client {
+        let mut clients = self
+            .redirect_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry((guarded, max))
+            .or_insert_with(|| {
+                // A fresh policy without this cache: the client holds it, and a client inside
+                // its own policy's cache would never be freed.
+                let policy = Arc::new(NetPolicy::new(self.allow.clone()));
+                match guarded {
+                    true => guarded_client_with_redirects(policy, max),
+                    false => client_with_redirects(policy, max),
+                }
+            })
+            .clone()
     }
 
     /// `--allow-network` values: CIDRs (`10.1.0.0/16`) or single addresses.
@@ -160,10 +188,18 @@ fn builder() -> reqwest::ClientBuilder {
 /// The client for operator-written URLs. A redirect to another host that is an internal IP
 /// address is refused (a public API cannot bounce a request into the private network).
 pub fn client(policy: Arc<NetPolicy>) -> reqwest::Client {
+    client_with_redirects(policy, crate::flow::model::DEFAULT_REDIRECTS)
+}
+
+/// [`client`] following at most `max` redirects (0: a 3xx is the answer).
+pub fn client_with_redirects(policy: Arc<NetPolicy>, max: usize) -> reqwest::Client {
     builder()
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                return attempt.error("more than 5 redirects");
+            if max == 0 {
+                return attempt.stop();
+            }
+            if attempt.previous().len() > max {
+                return attempt.error(format!("more than {max} redirects"));
             }
             let first = attempt.previous().first().and_then(|u| u.host_str());
             if attempt.url().host_str() != first
@@ -180,12 +216,20 @@ pub fn client(policy: Arc<NetPolicy>) -> reqwest::Client {
 /// The client for URLs built from data: every address it connects to, and every redirect,
 /// is checked.
 pub fn guarded_client(policy: Arc<NetPolicy>) -> reqwest::Client {
+    guarded_client_with_redirects(policy, crate::flow::model::DEFAULT_REDIRECTS)
+}
+
+/// [`guarded_client`] following at most `max` redirects (0: a 3xx is the answer).
+pub fn guarded_client_with_redirects(policy: Arc<NetPolicy>, max: usize) -> reqwest::Client {
     let redirect_policy = policy.clone();
     builder()
         .dns_resolver(Arc::new(GuardedResolver { policy }))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                return attempt.error("more than 5 redirects");
+            if max == 0 {
+                return attempt.stop();
+            }
+            if attempt.previous().len() > max {
+                return attempt.error(format!("more than {max} redirects"));
             }
             match redirect_policy.check_url(attempt.url()) {
                 Ok(()) => attempt.follow(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::flow::model::{Backoff, ConnectionConfig, RetryConfig, ValueSource};
+use crate::flow::model::{Backoff, ConnectionConfig, DEFAULT_REDIRECTS, RetryConfig, ValueSource};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
@@ -34,6 +34,8 @@ pub struct Connection {
     /// The `auth:` values that may come from the environment or a secret (for the start-up
     /// check of unset secrets).
     pub auth_sources: Vec<ValueSource>,
+    /// Redirects followed at most (`redirects:`; 0 = none, the 3xx is the answer).
+    pub redirects: usize,
 }
 
 impl Connection {
@@ -57,11 +59,12 @@ impl Connection {
         resolve: &auth::Resolver<'_>,
     ) -> Result<Connection, auth::AuthError> {
         let auth = c.auth.as_ref().map(auth::Auth::compile).transpose()?;
+        let redirects = c.redirects.map_or(DEFAULT_REDIRECTS, |r| r.0);
         // Built now, so a bad PEM is a load error rather than a failed request.
         let tls = c
             .tls
             .as_ref()
-            .map(|t| auth::Tls::build(t, resolve))
+            .map(|t| auth::Tls::build(t, resolve, redirects))
             .transpose()?;
         Ok(Connection {
             id: c.id.value.clone(),
@@ -74,6 +77,7 @@ impl Connection {
                 .map(|r| RetryPolicy::from_config(r, &RetryPolicy::http_default())),
             max_response_bytes: c.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             auth: auth.map(Arc::new),
+            redirects,
             tls: tls.map(Arc::new),
             auth_sources: c
                 .auth

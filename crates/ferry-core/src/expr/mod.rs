@@ -454,6 +454,17 @@ impl RunContext {
     }
 }
 
+/// `ctx` (an object) with `name` set to `value`: a step's context plus something only that
+/// step's expressions see (`.page` in pagination). Shares every other field with `ctx`.
+pub fn with_field(ctx: &Val, name: &str, value: Val) -> Val {
+    let mut m = match ctx {
+        Val::Obj(m) => (**m).clone(),
+        _ => jaq_json::Map::default(),
+    };
+    m.insert(key(name), value);
+    Val::obj(m)
+}
+
 /// `{"event": event}`: what a webhook's `dedupe:` sees.
 pub fn event_context(event: &serde_json::Value) -> Val {
     let mut m = jaq_json::Map::default();

@@ -529,6 +529,7 @@ mod tests {
             tls: None,
             redact: vec![],
             auth_sources: vec![],
+            redirects: crate::flow::model::DEFAULT_REDIRECTS,
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();

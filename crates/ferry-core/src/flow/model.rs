@@ -48,6 +48,50 @@ impl JsonSchema for Dur {
     }
 }
 
+/// Redirects followed at most by default (`redirects: follow`).
+pub const DEFAULT_REDIRECTS: usize = 5;
+/// The most a `redirects:` number may ask for.
+pub const MAX_REDIRECTS: usize = 20;
+
+/// How many redirects a request follows: `follow` (up to 5, the default), a number from 0 to
+/// 20, or `none` (the 3xx answer is the result, with its `location` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redirects(pub usize);
+
+impl<'de> Deserialize<'de> for Redirects {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Word(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(format_args!(
+                "expected `follow`, `none` or a number of redirects from 0 to {MAX_REDIRECTS}"
+            ))
+        };
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Count(n) if (0..=MAX_REDIRECTS as i64).contains(&n) => Ok(Redirects(n as usize)),
+            Raw::Word(w) if w.trim() == "follow" => Ok(Redirects(DEFAULT_REDIRECTS)),
+            Raw::Word(w) if w.trim() == "none" => Ok(Redirects(0)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl JsonSchema for Redirects {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Redirects".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`follow` (up to 5 redirects, the default), `none` (a 3xx answer is the result), or a number of redirects from 0 to 20.",
+            "anyOf": [{"enum": ["follow", "none"]}, {"type": "integer", "minimum": 0, "maximum": 20}]
+        })
+    }
+}
+
 /// The top of a flow file. `trigger` and each step are checked on their own so that every
 /// error in the file is reported, not only the first.
 #[derive(Deserialize, JsonSchema, Debug)]
@@ -207,6 +251,10 @@ pub struct ConnectionConfig {
     /// Client certificate and extra CA for this connection.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Redirects followed: `follow` (up to 5, the default), a number, or `none` (a 3xx answer
+    /// is the step's result). A step's own `redirects:` wins.
+    #[serde(default)]
+    pub redirects: Option<Redirects>,
 }
 
 /// A literal value, or one read from the environment at request time.

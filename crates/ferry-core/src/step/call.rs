@@ -14,6 +14,7 @@ use serde_json::{Map, Value as Json, json};
 use super::{ErrorKind, StepCx, StepError};
 use crate::connection::auth;
 use crate::connection::{Connection, DEFAULT_TIMEOUT};
+use crate::flow::model::DEFAULT_REDIRECTS;
 
 pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
 
@@ -44,6 +45,7 @@ pub(super) struct Outbound<'a> {
 }
 
 /// A request body and how it is recorded.
+#[derive(Clone)]
 pub(super) enum OutBody {
     None,
     /// Sent as `application/json` unless a header says otherwise.
@@ -54,7 +56,6 @@ pub(super) enum OutBody {
     Text(String),
     /// Any other bytes (XML, multipart, binary), with the content type they need and what the
     /// run record shows in their place.
-    #[allow(dead_code)] // the XML and binary bodies of the next steps build it
     Bytes {
         content_type: String,
         bytes: Vec<u8>,
@@ -99,6 +100,27 @@ impl Reply {
         }
     }
 
+    /// True when the body is not text: a media type other than JSON, XML, text or a form,
+    /// or none and bytes that are not UTF-8. Such a body is passed on as base64
+    /// ([`Reply::binary_value`]) instead of lossy text.
+    pub(super) fn is_binary(&self) -> bool {
+        match self.media_type.as_deref() {
+            None | Some("") => !self.bytes.is_empty() && std::str::from_utf8(&self.bytes).is_err(),
+            Some(ct) => !is_textual(ct),
+        }
+    }
+
+    /// `{"base64", "content_type", "size"}`: a binary body as run data, to be sent on with a
+    /// `binary:` body.
+    pub(super) fn binary_value(&self) -> Json {
+        use base64::Engine as _;
+        json!({
+            "base64": base64::engine::general_purpose::STANDARD.encode(&self.bytes),
+            "content_type": self.media_type.as_deref().unwrap_or("application/octet-stream"),
+            "size": self.bytes.len(),
+        })
+    }
+
     pub(super) fn text(&self) -> Json {
         Json::String(String::from_utf8_lossy(&self.bytes).into_owned())
     }
@@ -129,6 +151,16 @@ impl Reply {
 /// Sends one request and reads the answer. A non-2xx status is not an error here: the step
 /// decides (a GraphQL server may answer errors with 200, a SOAP fault comes with 500).
 pub(super) async fn send(cx: &StepCx, out: Outbound<'_>) -> Result<Reply, StepError> {
+    send_with(cx, out, None).await
+}
+
+/// [`send`], following at most `redirects` redirects when given (a step's `redirects:`),
+/// else the connection's (default 5). With 0, a 3xx is the reply.
+pub(super) async fn send_with(
+    cx: &StepCx,
+    out: Outbound<'_>,
+    redirects: Option<usize>,
+) -> Result<Reply, StepError> {
     let mut record_headers = Map::new();
     let mut headers = HeaderMap::new();
     let mut add = |name: &str,
@@ -173,14 +205,26 @@ pub(super) async fn send(cx: &StepCx, out: Outbound<'_>) -> Result<Reply, StepEr
     add("user-agent", USER_AGENT, false, &mut headers)?;
 
     let timeout = out.connection.map(|c| c.timeout).unwrap_or(DEFAULT_TIMEOUT);
+    let redirects = redirects
+        .or(out.connection.map(|c| c.redirects))
+        .unwrap_or(DEFAULT_REDIRECTS);
+    let custom = redirects != DEFAULT_REDIRECTS;
     let http = match out.connection {
+        // A `tls:` connection's own client already follows the connection's `redirects:`
+        // (the http step refuses a step-level override there).
+        Some(c) if c.tls.is_some() => c.client_for(&cx.http),
+        Some(_) if custom => cx.net_policy.client_with_redirects(false, redirects),
         Some(c) => c.client_for(&cx.http),
         None if out.guarded => {
             if let Err(e) = cx.net_policy.check_url(&out.url) {
                 return Err(StepError::new(ErrorKind::Config, e.to_string()));
             }
-            cx.guarded_http.clone()
+            match custom {
+                true => cx.net_policy.client_with_redirects(true, redirects),
+                false => cx.guarded_http.clone(),
+            }
         }
+        None if custom => cx.net_policy.client_with_redirects(false, redirects),
         None => cx.http.clone(),
     };
     let url = out.url;
@@ -312,6 +356,27 @@ pub(super) async fn send(cx: &StepCx, out: Outbound<'_>) -> Result<Reply, StepEr
         retry_after,
         request: request_record,
     })
+}
+
+/// Media types whose bodies are text: JSON, XML, `text/*`, forms, JavaScript, YAML, CSV.
+fn is_textual(ct: &str) -> bool {
+    ct.starts_with("text/")
+        || ct.ends_with("+json")
+        || ct.ends_with("+xml")
+        || matches!(
+            ct,
+            "application/json"
+                | "application/xml"
+                | "application/x-www-form-urlencoded"
+                | "application/javascript"
+                | "application/ecmascript"
+                | "application/yaml"
+                | "application/x-yaml"
+                | "application/x-ndjson"
+                | "application/csv"
+                | "application/graphql"
+                | "application/problem+json"
+        )
 }
 
 /// The URL for `path` under a connection's `base_url`, refusing anything that would leave the

@@ -1135,6 +1135,7 @@ mod tests {
             tls: None,
             redact: vec![],
             auth_sources: vec![],
+            redirects: crate::flow::model::DEFAULT_REDIRECTS,
         };
         conns.insert("shop".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(&flow).unwrap();

@@ -9,6 +9,7 @@ mod graphql;
 mod http;
 mod log;
 mod map;
+mod paginate;
 
 pub use call::USER_AGENT;
 

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod graphql;
 mod harness;
+mod rest;
 mod retries;
 mod trust;
 mod webhook;

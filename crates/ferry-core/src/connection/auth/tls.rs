@@ -53,12 +53,20 @@ fn pem_or_file(
 
 impl Tls {
     /// Reads and checks the PEM values and builds the client.
-    pub fn build(cfg: &TlsConfig, resolve: &Resolver<'_>) -> Result<Tls, AuthError> {
+    /// `redirects` is the connection's `redirects:` (0: none followed).
+    pub fn build(
+        cfg: &TlsConfig,
+        resolve: &Resolver<'_>,
+        redirects: usize,
+    ) -> Result<Tls, AuthError> {
         // The same settings as the engine's shared client (`engine::http_client`), which
         // this one replaces for the connection.
         let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(match redirects {
+                0 => reqwest::redirect::Policy::none(),
+                n => reqwest::redirect::Policy::limited(n),
+            })
             .connect_timeout(Duration::from_secs(10));
         if let Some(ca) = &cfg.ca {
             let pem = pem_or_file("tls.ca", ca, resolve)?;
@@ -127,7 +135,7 @@ mod tests {
 
     fn build(yaml: &str) -> Result<Tls, AuthError> {
         let cfg: TlsConfig = parse_yaml(yaml).unwrap().parse().unwrap();
-        Tls::build(&cfg, &resolver)
+        Tls::build(&cfg, &resolver, crate::flow::model::DEFAULT_REDIRECTS)
     }
 
     fn literal(s: &str) -> String {
