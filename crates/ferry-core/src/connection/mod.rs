@@ -34,6 +34,8 @@ pub struct Connection {
     /// The `auth:` values that may come from the environment or a secret (for the start-up
     /// check of unset secrets).
     pub auth_sources: Vec<ValueSource>,
+    /// `openapi:`, loaded once with the connection (what `operation:` steps resolve against).
+    pub openapi: Option<Arc<crate::openapi::Spec>>,
 }
 
 impl Connection {
@@ -86,6 +88,8 @@ impl Connection {
                 .iter()
                 .filter_map(|r| crate::redact::RedactPath::parse(&r.value).ok())
                 .collect(),
+            // Read by the loader (flow::compile), which knows where the file is.
+            openapi: None,
         })
     }
 

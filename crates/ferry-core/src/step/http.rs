@@ -71,6 +71,13 @@ struct HttpConfig {
     /// Largest response body accepted, in bytes (default: the connection's, else 10 MiB).
     #[serde(default)]
     max_response_bytes: Option<u64>,
+    /// An operation of the connection's OpenAPI spec (its `operationId`), instead of
+    /// `method` + `path`; the step is checked against the spec at load. See docs/flows.md.
+    #[serde(default)]
+    operation: Option<Spanned<String>>,
+    /// Values of the operation's path parameters (templates), e.g. `{ id: '{{ .event.body.id }}' }`.
+    #[serde(default)]
+    params: Option<Node>,
 }
 
 enum Body {
@@ -89,6 +96,9 @@ struct Http {
     headers: Option<Template>,
     body: Body,
     max_response_bytes: u64,
+    /// `operation:`: the path template that `params` fills.
+    operation: Option<crate::openapi::check::PathTemplate>,
+    params: Option<Template>,
 }
 
 fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
@@ -97,6 +107,23 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         Some(name) => Some(cx.connection(name)?),
         None => None,
     };
+    let operation = match &c.operation {
+        Some(op) => Some(crate::openapi::check::compile(
+            cx,
+            node,
+            connection.as_deref(),
+            op,
+        )?),
+        None => None,
+    };
+    if let (None, Some(p)) = (&c.operation, &c.params) {
+        cx.error(
+            p.pos,
+            "`params` needs `operation`",
+            Some("write path values into `path`, or name an OpenAPI `operation`".into()),
+        );
+        return None;
+    }
     match (&connection, &c.url, &c.path) {
         (None, None, _) => {
             cx.error(
@@ -132,8 +159,9 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         cx.error(node.pos, "give at most one of `body`, `form`, `text`", None);
         return None;
     }
-    let method = match &c.method {
-        Some(m) => {
+    let method = match (&operation, &c.method) {
+        (Some(op), _) => op.method.clone(),
+        (None, Some(m)) => {
             match reqwest::Method::from_bytes(m.value.trim().to_ascii_uppercase().as_bytes())
                 .ok()
                 .filter(|m| KNOWN_METHODS.contains(&m.as_str()))
@@ -158,8 +186,8 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
                 }
             }
         }
-        None if bodies > 0 => reqwest::Method::POST,
-        None => reqwest::Method::GET,
+        (None, None) if bodies > 0 => reqwest::Method::POST,
+        (None, None) => reqwest::Method::GET,
     };
     let mut ok = true;
     let mut t = |n: &Option<Node>, cx: &mut CompileCx| -> Option<Template> {
@@ -172,6 +200,7 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
     let path = t(&c.path, cx);
     let query = t(&c.query, cx);
     let headers = t(&c.headers, cx);
+    let params = t(&c.params, cx);
     let body = if c.body.is_some() {
         t(&c.body, cx).map(Body::Json)
     } else if c.form.is_some() {
@@ -197,6 +226,8 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         headers,
         body: body?,
         max_response_bytes,
+        operation: operation.map(|o| o.path),
+        params,
     }))
 }
 
@@ -207,6 +238,7 @@ struct Rendered {
     query: Option<Json>,
     headers: Option<Json>,
     body: Option<Json>,
+    params: Option<Json>,
 }
 
 impl Step for Http {
@@ -238,11 +270,12 @@ impl Http {
                 Body::None => None,
                 Body::Json(t) | Body::Form(t) | Body::Text(t) => Some(t.clone()),
             },
+            self.params.clone(),
         ];
         let bounded = parts.iter().flatten().all(Template::is_bounded);
         let mut out = cx
             .eval(bounded, move |ctx| {
-                let names = ["url", "path", "query", "headers", "body"];
+                let names = ["url", "path", "query", "headers", "body", "params"];
                 parts
                     .iter()
                     .zip(names)
@@ -263,6 +296,7 @@ impl Http {
             query: next(),
             headers: next(),
             body: next(),
+            params: next(),
         })
     }
 
@@ -334,7 +368,12 @@ impl Http {
     fn url_for(&self, cx: &StepCx, r: &Rendered) -> Result<reqwest::Url, StepError> {
         match (&self.connection, &r.url) {
             (Some(conn), _) => {
-                let path = r.path.as_ref().map(scalar_text).unwrap_or_default();
+                let path = match &self.operation {
+                    Some(op) => op.fill(r.params.as_ref()).map_err(|e| {
+                        StepError::new(ErrorKind::Expression, format!("in `params`: {e}"))
+                    })?,
+                    None => r.path.as_ref().map(scalar_text).unwrap_or_default(),
+                };
                 call::connection_url(cx, conn, &path)
             }
             (None, Some(u)) => call::parse_url(&scalar_text(u)),
