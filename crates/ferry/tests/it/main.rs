@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod crash;
 mod harness;
+mod openapi;
 mod retries;
 mod trust;
 mod webhook;
