@@ -172,8 +172,18 @@ fn connection_yaml(
     base_url: Option<&str>,
     source: &str,
 ) -> String {
+    // A fetch URL may carry a token (user info, a query): the file records only where from.
+    let shown = match url::Url::parse(source) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => source.to_owned(),
+    };
     let mut y = format!(
-        "# Written by `ferry import openapi {source}`: {} {}.\nid: {id}\n",
+        "# Written by `ferry import openapi {shown}`: {} {}.\nid: {id}\n",
         spec.title, spec.api_version
     );
     match base_url {
@@ -312,6 +322,71 @@ fn print_operations(spec: &Spec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `auth:` shape written compiles as a connection, with the spec beside it.
+    #[test]
+    fn each_security_scheme_becomes_an_auth_that_validates() {
+        let cases = [
+            (
+                "{type: http, scheme: basic}",
+                "basic: { username: { secret: X_USERNAME }, password: { secret: X_PASSWORD } }",
+            ),
+            (
+                "{type: apiKey, in: query, name: api_key}",
+                "api_key: { query: \"api_key\", value: { secret: X_API_KEY } }",
+            ),
+            (
+                "{type: apiKey, in: header, name: X-Key}",
+                "api_key: { header: \"X-Key\", value: { secret: X_API_KEY } }",
+            ),
+            (
+                "{type: oauth2, flows: {clientCredentials: {tokenUrl: 'https://a.example/t', scopes: {r: read}}}}",
+                "    scopes: [\"r\"]\n",
+            ),
+            (
+                "{type: oauth2, flows: {authorizationCode: {authorizationUrl: 'https://a.example/a', tokenUrl: 'https://a.example/t', scopes: {}}}}",
+                "    grant: refresh_token\n",
+            ),
+            (
+                "{type: openIdConnect, openIdConnectUrl: 'https://a.example/.well-known'}",
+                "has no `auth:` equivalent",
+            ),
+        ];
+        for (scheme, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "openapi: 3.0.0\ninfo: {{title: X, version: '1'}}\ncomponents:\n  securitySchemes:\n    s: {scheme}\n"
+            );
+            std::fs::create_dir_all(dir.path().join("specs")).unwrap();
+            std::fs::create_dir_all(dir.path().join("connections")).unwrap();
+            std::fs::write(dir.path().join("specs/x.yaml"), &text).unwrap();
+            let spec = Spec::parse(&text, "x.yaml").unwrap();
+            let yaml = connection_yaml(
+                &spec,
+                "x",
+                "specs/x.yaml",
+                None,
+                "https://u:p@h.example/s.yaml?token=t",
+            );
+            assert!(yaml.contains(expected), "{scheme}: {yaml}");
+            // No server: the base URL is left to the environment.
+            assert!(yaml.contains("base_url: { env: X_BASE_URL }"), "{yaml}");
+            assert!(
+                yaml.starts_with("# Written by `ferry import openapi https://h.example/s.yaml`"),
+                "{yaml}"
+            );
+            let file = dir.path().join("connections/x.yaml");
+            std::fs::write(&file, &yaml).unwrap();
+            let node = crate::flow::node::parse_yaml(&yaml).unwrap();
+            let mut diags = crate::diag::Diagnostics::default();
+            let conn =
+                crate::flow::compile::compile_connection(file.to_str().unwrap(), &node, &mut diags);
+            assert!(
+                conn.is_some_and(|(c, _)| c.openapi.is_some()),
+                "{scheme}: {diags}"
+            );
+        }
+    }
 
     #[test]
     fn ids_and_secret_names_are_derived_safely() {
