@@ -302,9 +302,11 @@ fn check_body(
     let Some(schema) = &body.json_schema else {
         return;
     };
+    let budget = std::cell::Cell::new(CHECK_BUDGET);
     let mut checker = Checker {
         spec,
         errors: Vec::new(),
+        budget: &budget,
     };
     checker.value(n, schema, "body", 0);
     for (pos, message, hint) in checker.errors {
@@ -322,7 +324,14 @@ fn check_body(
 struct Checker<'a> {
     spec: &'a Spec,
     errors: Vec<(Pos, String, Option<String>)>,
+    /// Schema visits left for the whole body, shared with `anyOf`/`oneOf` trials: nested
+    /// alternatives multiply, and a hostile spec (`S: {anyOf: [$ref S, $ref S]}`) must not
+    /// make `ferry validate` hang. When it runs out, the rest passes unchecked.
+    budget: &'a std::cell::Cell<u32>,
 }
+
+/// Schema visits per body: far above any real request schema.
+const CHECK_BUDGET: u32 = 20_000;
 
 /// How deep a body is walked: deeper literals are rare and cycles end here.
 const MAX_DEPTH: usize = 32;
@@ -335,9 +344,10 @@ fn is_expression(s: &str) -> bool {
 
 impl Checker<'_> {
     fn value(&mut self, node: &Node, schema: &Json, at: &str, depth: usize) {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || self.budget.get() == 0 {
             return;
         }
+        self.budget.set(self.budget.get() - 1);
         let Ok(schema) = self.spec.deref(schema) else {
             return;
         };
@@ -360,6 +370,7 @@ impl Checker<'_> {
                     let mut trial = Checker {
                         spec: self.spec,
                         errors: Vec::new(),
+                        budget: self.budget,
                     };
                     trial.value(node, alt, at, depth + 1);
                     trial.errors.is_empty()
@@ -619,6 +630,32 @@ mod tests {
         f.yaml:22:41: error: operation `createContact` (`POST /contacts`) requires a request body
           hint: add `body:` (application/json)
         "#);
+    }
+
+    #[test]
+    fn nested_alternatives_cannot_make_the_check_hang() {
+        let spec = Spec::parse(
+            "openapi: 3.1.0\npaths:\n  /x:\n    post:\n      operationId: x\n      requestBody:\n        content:\n          application/json:\n            schema: { $ref: '#/components/schemas/S' }\ncomponents:\n  schemas:\n    S: { anyOf: [{ allOf: [{ $ref: '#/components/schemas/S' }, { type: string }] }, { allOf: [{ $ref: '#/components/schemas/S' }, { type: string }] }] }\n",
+            "s.yaml",
+        )
+        .unwrap();
+        let schema = spec.operations[0]
+            .body
+            .as_ref()
+            .unwrap()
+            .json_schema
+            .clone()
+            .unwrap();
+        let node = crate::flow::node::parse_yaml("a: 1\n").unwrap();
+        let budget = std::cell::Cell::new(CHECK_BUDGET);
+        let mut checker = Checker {
+            spec: &spec,
+            errors: Vec::new(),
+            budget: &budget,
+        };
+        checker.value(&node, &schema, "body", 0);
+        // 2^32 paths without a budget; with it, the check ends.
+        assert_eq!(budget.get(), 0);
     }
 
     #[test]
