@@ -194,11 +194,17 @@ fn connection_yaml(
         )),
     }
     y.push_str(&format!("openapi: {spec_rel}\n"));
-    // The scheme the spec requires first, else the first one it defines.
+    // The scheme the spec requires for every operation, else the first one `auth:` can
+    // express, else the first one it defines (as a comment).
     let chosen = spec
         .security
         .iter()
         .find_map(|name| spec.security_schemes.iter().find(|(n, _)| n == name))
+        .or_else(|| {
+            spec.security_schemes
+                .iter()
+                .find(|(_, s)| !matches!(s, SecurityScheme::Other(_)))
+        })
         .or_else(|| spec.security_schemes.first());
     for (name, scheme) in &spec.security_schemes {
         if Some(name) != chosen.map(|(n, _)| n) {
