@@ -11,6 +11,7 @@
 //! - [`expr`]: jq (jaq) and `{{ }}` templates, compiled once
 //! - [`connection`]: base URL, headers, timeout, retry policy
 //! - [`net`]: the SSRF guard (which addresses templated URLs may reach)
+//! - [`openapi`]: OpenAPI 3.0/3.1 specs, the `http` step's `operation:` and its checks
 //! - [`step`]: step kinds (`http`, `map`, `filter`, `log`) and their registry
 //! - [`trigger`]: the event shape, webhook body parsing
 //! - [`engine`]: the dispatcher and the run executor
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod expr;
 pub mod flow;
 pub mod net;
+pub mod openapi;
 pub mod redact;
 pub mod secret;
 pub mod server;

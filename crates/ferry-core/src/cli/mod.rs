@@ -18,6 +18,7 @@ macro_rules! say {
 
 mod admin;
 mod client;
+mod import;
 mod run;
 mod serve;
 
@@ -48,6 +49,11 @@ enum Command {
         /// Project folders, flow/connection folders or files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Write a connection from an API description (`openapi`) and list its operations.
+    Import {
+        #[command(subcommand)]
+        kind: import::ImportKind,
     },
     /// Inspect runs on a running server.
     Runs {
@@ -116,6 +122,7 @@ pub fn main() -> i32 {
             Command::Serve(args) => serve::serve(args).await.map(|_| 0),
             Command::Run(args) => run::run(args).await,
             Command::Validate { paths } => Ok(validate(&paths)),
+            Command::Import { kind } => import::import(kind).await.map(|_| 0),
             Command::Runs { command, server } => client::runs(command, server).await.map(|_| 0),
             Command::Dlq { command, server } => client::dlq(command, server).await.map(|_| 0),
             Command::Secrets { command, target } => {

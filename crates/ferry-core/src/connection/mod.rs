@@ -36,6 +36,8 @@ pub struct Connection {
     pub auth_sources: Vec<ValueSource>,
     /// Redirects followed at most (`redirects:`; 0 = none, the 3xx is the answer).
     pub redirects: usize,
+    /// `openapi:`, loaded once with the connection (what `operation:` steps resolve against).
+    pub openapi: Option<Arc<crate::openapi::Spec>>,
 }
 
 impl Connection {
@@ -90,6 +92,8 @@ impl Connection {
                 .iter()
                 .filter_map(|r| crate::redact::RedactPath::parse(&r.value).ok())
                 .collect(),
+            // Read by the loader (flow::compile), which knows where the file is.
+            openapi: None,
         })
     }
 

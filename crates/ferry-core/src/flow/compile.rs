@@ -97,7 +97,7 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-pub(super) fn compile_connection(
+pub(crate) fn compile_connection(
     file: &str,
     node: &Node,
     diags: &mut Diagnostics,
@@ -139,7 +139,12 @@ pub(super) fn compile_connection(
                 return None;
             }
             match Connection::from_config(&c) {
-                Ok(conn) => Some((conn, c.id.pos)),
+                Ok(mut conn) => {
+                    if let Some(spec) = &c.openapi {
+                        conn.openapi = Some(load_openapi(file, spec, diags)?);
+                    }
+                    Some((conn, c.id.pos))
+                }
                 Err(e) => {
                     let pos = node.get(e.key()).map(|n| n.pos).unwrap_or(node.pos);
                     diags.push(
@@ -159,7 +164,50 @@ pub(super) fn compile_connection(
     }
 }
 
-pub(super) fn compile_flow(
+/// Reads a connection's `openapi:` spec. `file` is the connection file's path as the
+/// loader read it (relative to the working folder, or absolute); the spec path is relative
+/// to the project folder, the parent of `connections/` (or the file's own folder when it is
+/// not in one).
+fn load_openapi(
+    file: &str,
+    spec: &crate::flow::node::Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Option<Arc<crate::openapi::Spec>> {
+    let text = spec.value.trim();
+    if text.contains("://") {
+        diags.push(
+            Diagnostic::new(
+                file,
+                spec.pos,
+                format!("`openapi:` must be a file in the project, found the URL `{text}`"),
+            )
+            .hint(format!(
+                "fetch it once with `ferry import openapi {text}`, which stores it under specs/"
+            )),
+        );
+        return None;
+    }
+    let conn_dir = std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    let project = match conn_dir.file_name() {
+        Some(n) if n == "connections" => conn_dir.parent().unwrap_or(std::path::Path::new("")),
+        _ => conn_dir,
+    };
+    let path = project.join(text);
+    match crate::openapi::Spec::load(&path) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            diags.push(
+                Diagnostic::new(file, spec.pos, format!("invalid `openapi:`: {e}"))
+                    .hint("a path relative to the project folder, e.g. `specs/crm.yaml`, of an OpenAPI 3.0 or 3.1 document"),
+            );
+            None
+        }
+    }
+}
+
+pub(crate) fn compile_flow(
     file: &str,
     source: &str,
     node: &Node,
@@ -530,6 +578,7 @@ mod tests {
             redact: vec![],
             auth_sources: vec![],
             redirects: crate::flow::model::DEFAULT_REDIRECTS,
+            openapi: None,
         };
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();

@@ -255,6 +255,12 @@ pub struct ConnectionConfig {
     /// is the step's result). A step's own `redirects:` wins.
     #[serde(default)]
     pub redirects: Option<Redirects>,
+    /// The API's OpenAPI 3.0/3.1 document (JSON or YAML), a file path relative to the
+    /// project folder (the folder holding `connections/`), e.g. `specs/crm.yaml`. Read when
+    /// the flows load; lets `http` steps name an `operation:` and checks them against it.
+    /// `ferry import openapi` writes it.
+    #[serde(default)]
+    pub openapi: Option<Spanned<String>>,
 }
 
 /// A literal value, or one read from the environment at request time.

@@ -1136,6 +1136,7 @@ mod tests {
             redact: vec![],
             auth_sources: vec![],
             redirects: crate::flow::model::DEFAULT_REDIRECTS,
+            openapi: None,
         };
         conns.insert("shop".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(&flow).unwrap();

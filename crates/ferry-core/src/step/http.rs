@@ -101,6 +101,13 @@ struct HttpConfig {
     /// Largest response body accepted, in bytes (default: the connection's, else 10 MiB).
     #[serde(default)]
     max_response_bytes: Option<u64>,
+    /// An operation of the connection's OpenAPI spec (its `operationId`), instead of
+    /// `method` + `path`; the step is checked against the spec at load. See docs/flows.md.
+    #[serde(default)]
+    operation: Option<Spanned<String>>,
+    /// Values of the operation's path parameters (templates), e.g. `{ id: '{{ .event.body.id }}' }`.
+    #[serde(default)]
+    params: Option<Node>,
 }
 
 enum Body {
@@ -125,6 +132,9 @@ struct Http {
     paginate: Option<Paginate>,
     /// The step's `redirects:`, overriding the connection's.
     redirects: Option<usize>,
+    /// `operation:`: the path template that `params` fills.
+    operation: Option<crate::openapi::check::PathTemplate>,
+    params: Option<Template>,
 }
 
 fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
@@ -133,6 +143,23 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         Some(name) => Some(cx.connection(name)?),
         None => None,
     };
+    let operation = match &c.operation {
+        Some(op) => Some(crate::openapi::check::compile(
+            cx,
+            node,
+            connection.as_deref(),
+            op,
+        )?),
+        None => None,
+    };
+    if let (None, Some(p)) = (&c.operation, &c.params) {
+        cx.error(
+            p.pos,
+            "`params` needs `operation`",
+            Some("write path values into `path`, or name an OpenAPI `operation`".into()),
+        );
+        return None;
+    }
     match (&connection, &c.url, &c.path) {
         (None, None, _) => {
             cx.error(
@@ -185,8 +212,9 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         );
         return None;
     }
-    let method = match &c.method {
-        Some(m) => {
+    let method = match (&operation, &c.method) {
+        (Some(op), _) => op.method.clone(),
+        (None, Some(m)) => {
             match reqwest::Method::from_bytes(m.value.trim().to_ascii_uppercase().as_bytes())
                 .ok()
                 .filter(|m| KNOWN_METHODS.contains(&m.as_str()))
@@ -211,8 +239,8 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
                 }
             }
         }
-        None if bodies > 0 => reqwest::Method::POST,
-        None => reqwest::Method::GET,
+        (None, None) if bodies > 0 => reqwest::Method::POST,
+        (None, None) => reqwest::Method::GET,
     };
     let mut ok = true;
     let mut t = |n: &Option<Node>, cx: &mut CompileCx| -> Option<Template> {
@@ -225,6 +253,7 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
     let path = t(&c.path, cx);
     let query = t(&c.query, cx);
     let headers = t(&c.headers, cx);
+    let params = t(&c.params, cx);
     let body = if c.body.is_some() {
         t(&c.body, cx).map(Body::Json)
     } else if c.form.is_some() {
@@ -271,6 +300,8 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
         max_response_bytes,
         paginate,
         redirects: c.redirects.map(|r| r.value.0),
+        operation: operation.map(|o| o.path),
+        params,
     }))
 }
 
@@ -352,6 +383,7 @@ struct Rendered {
     query: Option<Json>,
     headers: Option<Json>,
     body: Option<Json>,
+    params: Option<Json>,
 }
 
 impl Step for Http {
@@ -387,11 +419,12 @@ impl Http {
                 | Body::Multipart(t, _)
                 | Body::Binary(t) => Some(t.clone()),
             },
+            self.params.clone(),
         ];
         let bounded = parts.iter().flatten().all(Template::is_bounded);
         let mut out = cx
             .eval(bounded, move |ctx| {
-                let names = ["url", "path", "query", "headers", "body"];
+                let names = ["url", "path", "query", "headers", "body", "params"];
                 parts
                     .iter()
                     .zip(names)
@@ -412,6 +445,7 @@ impl Http {
             query: next(),
             headers: next(),
             body: next(),
+            params: next(),
         })
     }
 
@@ -635,7 +669,12 @@ impl Http {
     fn url_for(&self, cx: &StepCx, r: &Rendered) -> Result<reqwest::Url, StepError> {
         match (&self.connection, &r.url) {
             (Some(conn), _) => {
-                let path = r.path.as_ref().map(scalar_text).unwrap_or_default();
+                let path = match &self.operation {
+                    Some(op) => op.fill(r.params.as_ref()).map_err(|e| {
+                        StepError::new(ErrorKind::Expression, format!("in `params`: {e}"))
+                    })?,
+                    None => r.path.as_ref().map(scalar_text).unwrap_or_default(),
+                };
                 call::connection_url(cx, conn, &path)
             }
             (None, Some(u)) => call::parse_url(&scalar_text(u)),

@@ -6,6 +6,7 @@ mod crash;
 mod graphql;
 mod harness;
 mod rest;
+mod openapi;
 mod retries;
 mod trust;
 mod webhook;
