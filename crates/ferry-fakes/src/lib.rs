@@ -7,6 +7,7 @@
 //! | `/erp/soap` (`?wsdl`) | an ERP's sales-order service | SOAP 1.1, document/literal |
 //! | `/warehouse/import` | a data warehouse | REST + JSON |
 //! | `/_received` | — | every request received so far, as JSON |
+//! | `/_count` | — | how many requests each system received |
 //!
 //! They answer like the real thing would for the examples' requests — validation errors,
 //! GraphQL `errors`, SOAP faults — but keep everything in memory. Interop with *real*
@@ -169,6 +170,7 @@ fn router(shared: Shared) -> Router {
         .route("/erp/soap", get(erp_wsdl).post(erp_soap))
         .route("/warehouse/import", post(warehouse_import))
         .route("/_received", get(received))
+        .route("/_count", get(count))
         .with_state(shared)
 }
 
@@ -177,6 +179,17 @@ async fn received(State(s): State<Shared>) -> Json2 {
     Json2(Json::Array(
         inner.received.iter().map(Received::to_json).collect(),
     ))
+}
+
+/// How many requests each system received (cheap to poll, for the benchmark).
+async fn count(State(s): State<Shared>) -> Json2 {
+    let inner = s.inner.lock().expect("not poisoned");
+    let mut counts = Map::new();
+    for r in &inner.received {
+        let n = counts.entry(r.system).or_insert(Json::from(0));
+        *n = Json::from(n.as_u64().unwrap_or(0) + 1);
+    }
+    Json2(Json::Object(counts))
 }
 
 /// `axum::Json` is not enabled for responses of arbitrary status here; a tiny wrapper is.

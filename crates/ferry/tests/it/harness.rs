@@ -37,6 +37,33 @@ impl Project {
         Project { dir }
     }
 
+    /// A copy of a project folder of this repository (`examples/…`), with each `(from, to)`
+    /// replaced in every file (to point connections at test servers).
+    pub(crate) fn copy_of(relative: &str, replace: &[(&str, &str)]) -> Project {
+        fn copy(from: &Path, to: &Path, replace: &[(&str, &str)]) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &target, replace);
+                } else {
+                    let mut text = std::fs::read_to_string(entry.path()).unwrap();
+                    for (a, b) in replace {
+                        text = text.replace(a, b);
+                    }
+                    std::fs::write(target, text).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(relative);
+        copy(&source, dir.path(), replace);
+        Project { dir }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }

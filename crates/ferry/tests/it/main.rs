@@ -3,10 +3,11 @@
 mod auth;
 mod cli;
 mod crash;
+mod examples;
 mod graphql;
 mod harness;
-mod rest;
 mod openapi;
+mod rest;
 mod retries;
 mod trust;
 mod webhook;
