@@ -13,6 +13,7 @@
 //! - [`net`]: the SSRF guard (which addresses templated URLs may reach)
 //! - [`step`]: step kinds (`http`, `map`, `filter`, `log`) and their registry
 //! - [`trigger`]: the event shape, webhook body parsing
+//! - [`xml`]: the one XML ↔ JSON mapping, parsed safely (no DTD, limits)
 //! - [`engine`]: the dispatcher and the run executor
 //! - [`store`]: the store trait and the embedded SQLite store
 //! - [`redact`]: `redact:` rules (paths masked in stored runs)
@@ -36,3 +37,4 @@ pub mod store;
 pub mod trigger;
 pub mod util;
 pub mod verify;
+pub mod xml;
