@@ -7,3 +7,4 @@ mod harness;
 mod retries;
 mod trust;
 mod webhook;
+mod xml;
