@@ -19,6 +19,7 @@
 //! - [`redact`]: `redact:` rules (paths masked in stored runs)
 //! - [`secret`]: the master key, sealed secrets, scrubbing of secret values
 //! - [`server`]: webhooks, health, management API
+//! - [`soap`]: WSDL parsing and SOAP envelopes (for the `soap` step and `ferry import wsdl`)
 //! - [`cli`]: the `ferry` commands
 
 pub mod access;
@@ -32,6 +33,7 @@ pub mod net;
 pub mod redact;
 pub mod secret;
 pub mod server;
+pub mod soap;
 pub mod step;
 pub mod store;
 pub mod trigger;

@@ -8,6 +8,7 @@ mod filter;
 mod http;
 mod log;
 mod map;
+mod soap;
 
 pub use call::USER_AGENT;
 
@@ -33,7 +34,7 @@ pub struct StepDef {
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
-pub const STEPS: &[StepDef] = &[http::DEF, map::DEF, filter::DEF, log::DEF];
+pub const STEPS: &[StepDef] = &[http::DEF, map::DEF, filter::DEF, log::DEF, soap::DEF];
 
 pub fn kinds() -> impl Iterator<Item = &'static str> {
     STEPS.iter().map(|d| d.kind)
@@ -126,6 +127,9 @@ pub enum ErrorKind {
     Expression,
     /// The flow or its environment is wrong (missing variable, bad URL).
     Config,
+    /// The peer answered with a protocol-level fault (a SOAP Fault): retried when the peer
+    /// says the fault is its own (`Server`/`Receiver`), not when it blames the request.
+    Fault { retryable: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +166,7 @@ impl StepError {
             }
             ErrorKind::Network | ErrorKind::Timeout => true,
             ErrorKind::BadResponse | ErrorKind::Expression | ErrorKind::Config => false,
+            ErrorKind::Fault { retryable } => retryable,
         }
     }
 
@@ -182,6 +187,7 @@ impl StepError {
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::Expression => "expression",
             ErrorKind::Config => "config",
+            ErrorKind::Fault { .. } => "fault",
         }
     }
 }
