@@ -18,6 +18,7 @@ macro_rules! say {
 
 mod admin;
 mod client;
+mod import_wsdl;
 mod run;
 mod serve;
 
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Import a SOAP service: list the WSDL's operations, copy it to wsdl/NAME.wsdl and write
+    /// connections/NAME.yaml. (Temporary name; becomes `ferry import wsdl`.)
+    ImportWsdl(import_wsdl::WsdlArgs),
     /// The audit log of changes, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -124,6 +128,7 @@ pub fn main() -> i32 {
             Command::Keys { command, target } => admin::keys(command, target).await.map(|_| 0),
             Command::Erase { subject, target } => admin::erase(subject, target).await.map(|_| 0),
             Command::Audit { limit, target } => admin::audit(limit, target).await.map(|_| 0),
+            Command::ImportWsdl(args) => import_wsdl::run(args),
         }
     });
     let result = runtime

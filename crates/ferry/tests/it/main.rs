@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod harness;
 mod retries;
+mod soap;
 mod trust;
 mod webhook;
 mod xml;
