@@ -559,7 +559,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, map, filter, log
+          hint: did you mean `http`? kinds: http, map, filter, log, soap
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`

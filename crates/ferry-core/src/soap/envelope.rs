@@ -220,51 +220,39 @@ fn body_element(req: &Request) -> Result<String, String> {
         Style::Document => e.ns.as_deref().filter(|n| !n.is_empty()),
     };
     let qualified = req.style == Style::Document && req.qualified_children;
-    let (open, name) = match (ns, qualified) {
-        // Children inherit the default namespace: qualified.
-        (Some(ns), true) => (
-            format!("<{} xmlns=\"{}\"", e.name, escape(ns)),
-            e.name.clone(),
-        ),
-        // A prefix for the element only: its children stay unqualified.
-        (Some(ns), false) => (
-            format!("<m:{} xmlns:m=\"{}\"", e.name, escape(ns)),
-            format!("m:{}", e.name),
-        ),
-        (None, _) => (format!("<{}", e.name), e.name.clone()),
-    };
-    let mut inner = String::new();
-    match req.content {
-        Json::Null => {}
-        Json::Object(fields) => {
-            let mut attrs = String::new();
-            for (k, v) in fields {
-                if let Some(a) = k.strip_prefix('@') {
-                    attrs.push_str(&format!(" {a}=\"{}\"", escape(&scalar(v))));
-                } else if k == "#text" {
-                    inner.push_str(&escape(&scalar(v)));
-                } else {
-                    xml::write_element(&mut inner, k, v, None).map_err(|e| e.to_string())?;
-                }
-            }
-            return Ok(format!("{open}{attrs}>{inner}</{name}>"));
-        }
+    let content = match req.content {
+        Json::Null => Json::Object(Default::default()),
         Json::Array(_) => {
             return Err(
                 "`body` must be an object (the request element's children), not a list".into(),
             );
         }
-        other => inner.push_str(&escape(&scalar(other))),
+        other => other.clone(),
+    };
+    let mut out = String::new();
+    match (ns, qualified) {
+        // Children inherit the default namespace: qualified.
+        (Some(ns), true) => {
+            xml::write_element(&mut out, &e.name, &content, Some(ns)).map_err(|e| e.to_string())?
+        }
+        // A prefix for the element only: its children stay unqualified.
+        (Some(ns), false) => {
+            let mut plain = String::new();
+            xml::write_element(&mut plain, &e.name, &content, None).map_err(|e| e.to_string())?;
+            let open = format!("<{}", e.name);
+            let rest = plain.strip_prefix(&open).ok_or("unexpected element text")?;
+            out = format!("<m:{} xmlns:m=\"{}\"{rest}", e.name, escape(ns));
+            let close = format!("</{}>", e.name);
+            if out.ends_with(&close) {
+                out.truncate(out.len() - close.len());
+                out.push_str(&format!("</m:{}>", e.name));
+            }
+        }
+        (None, _) => {
+            xml::write_element(&mut out, &e.name, &content, None).map_err(|e| e.to_string())?
+        }
     }
-    Ok(format!("{open}>{inner}</{name}>"))
-}
-
-fn scalar(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        Json::Null => String::new(),
-        other => other.to_string(),
-    }
+    Ok(out)
 }
 
 /// Escapes text for an XML element or a double-quoted attribute.
@@ -414,6 +402,42 @@ fn fault(f: Node, v12: bool) -> Fault {
 mod tests {
     use super::super::wsdl::Wsdl;
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Any response text is read as an element, a fault, empty, or an error: no panic.
+        #[test]
+        fn any_response_is_read_without_panic(body in "\\PC{0,200}", v12 in any::<bool>()) {
+            let ns = if v12 { NS_ENV12 } else { NS_ENV11 };
+            for text in [
+                body.clone(),
+                format!("<e:Envelope xmlns:e=\"{ns}\"><e:Body>{body}</e:Body></e:Envelope>"),
+                format!("<e:Envelope xmlns:e=\"{ns}\"><e:Body><e:Fault>{body}</e:Fault></e:Body></e:Envelope>"),
+            ] {
+                if let Ok(doc) = xml::parse(&text, &xml::Limits::default()) {
+                    let _ = read(&doc);
+                }
+            }
+        }
+
+        // Whatever the body holds, the envelope built from it is well-formed XML, or the
+        // build says why not.
+        #[test]
+        fn built_envelopes_are_well_formed(key in "[a-z@#][a-z0-9]{0,6}", value in "\\PC{0,30}") {
+            let el = super::super::wsdl::ElementDecl {
+                name: "Op".into(),
+                ns: Some("urn:x".into()),
+                ty: super::super::wsdl::TypeRef::Any,
+                many: false,
+                optional: false,
+                reference: None,
+            };
+            let content = json!({ key: value });
+            if let Ok(b) = build(&Request { version: SoapVersion::V11, style: Style::Document, element: &el, rpc_namespace: None, qualified_children: true, content: &content }, None) {
+                prop_assert!(xml::parse(&b.text, &xml::Limits::default()).is_ok(), "{}", b.text);
+            }
+        }
+    }
 
     fn warehouse() -> Wsdl {
         let path = format!(
@@ -577,6 +601,21 @@ mod tests {
             None,
         );
         assert!(list.is_err());
+        // Names and characters are checked by the XML writer (found by the property below).
+        for bad in [json!({"@": ""}), json!({"a b": 1}), json!({"x": "\u{1}"})] {
+            let r = build(
+                &Request {
+                    version: SoapVersion::V11,
+                    style: Style::Document,
+                    element: &el,
+                    rpc_namespace: None,
+                    qualified_children: false,
+                    content: &bad,
+                },
+                None,
+            );
+            assert!(r.is_err(), "{bad}");
+        }
     }
 
     #[test]

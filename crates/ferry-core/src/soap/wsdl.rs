@@ -741,6 +741,43 @@ fn qname(n: Node, v: &str) -> Option<QName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const WAREHOUSE: &str = include_str!("../../tests/fixtures/wsdl/warehouse.wsdl");
+
+    proptest! {
+        // Whatever a WSDL holds, parsing ends with a model or an error, and every operation
+        // of the model can be shaped without a panic.
+        #[test]
+        fn any_text_parses_or_is_refused_without_panic(text in "\\PC{0,400}") {
+            if let Ok(w) = Wsdl::parse(&text) {
+                for op in &w.operations {
+                    let _ = w.shape(&w.body_element(&op.output, Style::Document, "x"));
+                }
+            }
+        }
+
+        // The realistic WSDL with one character changed or one byte range cut anywhere.
+        #[test]
+        fn mutated_wsdls_never_panic(at in 0usize..WAREHOUSE.len(), len in 0usize..40, ch in proptest::char::any()) {
+            let mut text = WAREHOUSE.to_owned();
+            if text.is_char_boundary(at) {
+                text.insert(at, ch);
+            }
+            let end = (at + len).min(text.len());
+            if text.is_char_boundary(at) && text.is_char_boundary(end) {
+                text.replace_range(at..end, "");
+            }
+            if let Ok(w) = Wsdl::parse(&text) {
+                for op in &w.operations {
+                    for style in [Style::Document, Style::Rpc] {
+                        let _ = w.shape(&w.body_element(&op.input, style, "in"));
+                        let _ = w.shape(&w.body_element(&op.output, style, "out"));
+                    }
+                }
+            }
+        }
+    }
 
     fn fixture(name: &str) -> Wsdl {
         let path = format!("{}/tests/fixtures/wsdl/{name}", env!("CARGO_MANIFEST_DIR"));
