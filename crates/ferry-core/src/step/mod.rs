@@ -63,6 +63,12 @@ pub trait Step: Send + Sync + 'static {
     fn calls_out(&self) -> bool {
         false
     }
+
+    /// The step's own settings that may come from the environment or a secret (for the
+    /// start-up check of unset secrets).
+    fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {
+        Vec::new()
+    }
 }
 
 /// What a step sees while it runs.

@@ -310,6 +310,13 @@ impl Step for Soap {
         true
     }
 
+    fn value_sources(&self) -> Vec<&ValueSource> {
+        self.security
+            .iter()
+            .flat_map(|s| [&s.username, &s.password])
+            .collect()
+    }
+
     fn execute<'a>(&'a self, cx: &'a StepCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         async move {
             let (content, headers) = self.render(cx).await?;
@@ -668,6 +675,22 @@ mod tests {
         insta::assert_snapshot!(validate(
             "  - id: s\n    soap:\n      wsdl: wsdl/warehouse.wsdl\n      operation: GetStock\n      body: { sku: '{{ .nope | }}' }\n      ws_security: { username: u, pasword: p }\n"
         ).lines().next().unwrap(), @"P/flows/f.yaml:9:35: error: unknown key `pasword`");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+        std::fs::create_dir_all(dir.path().join("wsdl")).unwrap();
+        std::fs::copy(
+            format!("{FIXTURES}/warehouse.wsdl"),
+            dir.path().join("wsdl/w.wsdl"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("flows/f.yaml"),
+            "id: f\ntrigger: manual\nsteps:\n  - id: s\n    soap: { wsdl: wsdl/w.wsdl, operation: GetStock, ws_security: { username: u, password: { secret: wh_pw } } }\n",
+        )
+        .unwrap();
+        let project = crate::flow::load_project(dir.path()).ok().unwrap();
+        // The start-up check of unset secrets sees the step's password.
+        assert_eq!(project.secret_refs(), ["wh_pw"]);
         assert_eq!(
             validate(
                 "  - id: s\n    soap:\n      wsdl: wsdl/warehouse.wsdl\n      operation: Reserve\n      soap_version: 1.2\n      body: { '@orderId': '{{ .event.body.id }}', line: [] }\n      ws_security: { username: u, password: { env: PW }, digest: true }\n"
