@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Ferry, Project, Receiver, bin};
+use crate::harness::{Fault, Ferry, Project, Receiver, bin};
 
 const USER: &str = "ops";
 const PASSWORD: &str = "s3cret-pass-for-soap";
@@ -308,4 +308,93 @@ async fn import_wsdl_writes_a_connection_that_validates() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("pass --force"));
+}
+
+#[tokio::test]
+async fn a_written_envelope_escapes_event_data_and_takes_a_username_token() {
+    let server = SoapServer::start();
+    let step = format!(
+        r#"      wsdl: {}
+      operation: GetPrice
+      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }}, digest: true }}
+      envelope: |
+        <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+          <soap:Body>
+            <GetPrice xmlns="urn:ferry:stock"><sku>{{{{ .event.body.sku }}}}</sku></GetPrice>
+          </soap:Body>
+        </soap:Envelope>
+"#,
+        server.url("/soap11?wsdl")
+    );
+    let (receiver, _p, ferry) = start(&step, "").await;
+    // Markup in the data stays data: the server sees (and echoes) the text as sent.
+    let sku = "A<b>&</sku>1";
+    let run = ferry.run_event("/in", &json!({ "sku": sku })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let got = receiver.wait_for("/out", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].json()["GetPriceResponse"]["GetPriceResult"]["sku"],
+        sku
+    );
+    let body = run["steps"][0]["request"]["body"].as_str().unwrap();
+    assert!(
+        body.contains("<sku>A&lt;b&gt;&amp;&lt;/sku&gt;1</sku>"),
+        "{body}"
+    );
+    assert!(body.contains("<soap:Header><wsse:Security"), "{body}");
+    assert!(body.contains("#PasswordDigest\">***<"), "{body}");
+}
+
+#[tokio::test]
+async fn answers_that_are_not_soap_fail_by_their_status_and_leak_no_password() {
+    let receiver = Receiver::start().await;
+    let wsdl = std::fs::read_to_string(
+        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
+    )
+    .unwrap();
+    let flow = format!(
+        "id: f\ntrigger: {{ webhook: {{ path: /in }} }}\nsteps:\n  - id: stock\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: {{ sku: A1 }}\n      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }} }}\n"
+    );
+    let project = Project::new(
+        &[
+            ("flows/f.yaml", flow.as_str()),
+            (
+                "connections/wh.yaml",
+                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 2, initial: 10ms, max: 20ms }\n",
+            ),
+        ],
+        Some(&receiver),
+    );
+    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
+    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
+    let ferry = Ferry::start_env(&project, &[("SOAP_PW", PASSWORD)]);
+
+    // A 503 error page that echoes the request (password included) is retried as a 503, and
+    // the password is masked wherever it was echoed.
+    receiver.fail_next([Fault::Echo(503), Fault::Echo(503)]);
+    let run = ferry.run_event("/in", &json!({})).await;
+    assert_ne!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["error"]["kind"], "http_status", "{run:#}");
+    assert_eq!(run["error"]["status"], 503);
+    assert_eq!(run["steps"][0]["attempts"], 2);
+    let got = receiver.requests_to("/soap");
+    assert!(String::from_utf8_lossy(&got[0].body).contains(PASSWORD));
+    assert_eq!(
+        got[0].header("soapaction"),
+        "\"urn:example:warehouse/GetStock\""
+    );
+    assert!(!run.to_string().contains(PASSWORD), "{run:#}");
+
+    // 200 with JSON: not SOAP, and not worth retrying.
+    let run = ferry.run_event("/in", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["kind"], "bad_response");
+    assert_eq!(run["steps"][0]["attempts"], 1);
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the SOAP response is not readable"),
+        "{run:#}"
+    );
 }
