@@ -891,6 +891,44 @@ mod tests {
     }
 
     #[test]
+    fn schemas_in_one_document_refer_to_each_other() {
+        let text = r#"<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap12="http://schemas.xmlsoap.org/wsdl/soap12/" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:t="urn:t" xmlns:c="urn:common" targetNamespace="urn:t">
+  <types>
+    <xs:schema targetNamespace="urn:common" elementFormDefault="qualified">
+      <xs:complexType name="Money"><xs:sequence><xs:element name="amount" type="xs:decimal"/><xs:element name="currency" type="xs:string"/></xs:sequence></xs:complexType>
+    </xs:schema>
+    <xs:schema targetNamespace="urn:t" xmlns:c2="urn:common">
+      <xs:import namespace="urn:common"/>
+      <xs:element name="Quote"><xs:complexType><xs:sequence><xs:element name="total" type="c2:Money"/><xs:element name="lines" type="xs:long" form="qualified"/></xs:sequence></xs:complexType></xs:element>
+    </xs:schema>
+  </types>
+  <message name="m"><part name="p" element="t:Quote"/></message>
+  <portType name="pt"><operation name="GetQuote"><input message="t:m"/><output message="t:m"/></operation></portType>
+  <binding name="b" type="t:pt"><soap12:binding style="document"/><operation name="GetQuote"><soap12:operation soapAction="urn:t/GetQuote"/><input><soap12:body use="literal"/></input><output><soap12:body use="literal"/></output></operation></binding>
+  <service name="s"><port name="p" binding="t:b"><soap12:address location="https://q.example/soap"/></port></service>
+</definitions>"#;
+        let w = Wsdl::parse(text).unwrap();
+        let op = w.operation("GetQuote").unwrap();
+        // Only a 1.2 binding: it is the default.
+        let b = op.binding(None).unwrap();
+        assert_eq!(b.version, SoapVersion::V12);
+        assert_eq!(b.address.as_deref(), Some("https://q.example/soap"));
+        let out = w.body_element(&op.output, Style::Document, "x");
+        insta::assert_snapshot!(w.shape(&out), @r"
+          Quote:
+            total:
+              amount: decimal
+              currency: string
+            lines: integer
+        ");
+        let ct = w.schema.complex_of(&out).unwrap();
+        let children = w.schema.elements_of(&ct);
+        // elementFormDefault unqualified, but `form="qualified"` on one element.
+        assert_eq!(children[0].ns, None);
+        assert_eq!(children[1].ns.as_deref(), Some("urn:t"));
+    }
+
+    #[test]
     fn recursive_types_do_not_loop() {
         let text = r#"<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:t="urn:t" targetNamespace="urn:t">
   <types><xs:schema targetNamespace="urn:t">

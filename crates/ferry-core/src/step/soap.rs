@@ -523,6 +523,7 @@ impl Soap {
                 let types = OutputTypes {
                     wsdl: &self.wsdl,
                     root: &self.output,
+                    rpc: self.style == Style::Rpc,
                 };
                 let mut path = Vec::new();
                 let value = xml::element_value(node, &types, &mut path);
@@ -562,6 +563,7 @@ fn render_escaped(t: &Template, ctx: &Val) -> Result<String, EvalError> {
 struct OutputTypes<'a> {
     wsdl: &'a Wsdl,
     root: &'a ElementDecl,
+    rpc: bool,
 }
 
 enum Found {
@@ -573,7 +575,8 @@ impl OutputTypes<'_> {
     fn find(&self, path: &[&str]) -> Option<Found> {
         let schema = &self.wsdl.schema;
         let (first, rest) = path.split_first()?;
-        if *first != self.root.name {
+        // rpc wrappers are named by convention (`OpResponse`), not by a schema: any name.
+        if *first != self.root.name && !self.rpc {
             return None;
         }
         let mut cur = schema.deref(self.root).into_owned();
@@ -712,6 +715,7 @@ mod tests {
         let types = OutputTypes {
             wsdl: &w,
             root: &output,
+            rpc: false,
         };
         let text = r#"<GetStockResponse xmlns="urn:example:warehouse"><item revision="3"><sku>AB-1</sku><quantity>7</quantity><price>19.90</price><available>true</available><bin>A1</bin><weight unit="kg">1.5</weight></item></GetStockResponse>"#;
         let doc = xml::parse(text, &xml::Limits::default()).unwrap();
@@ -734,6 +738,28 @@ mod tests {
             None
         );
         assert_eq!(xml::Types::scalar(&types, &["Other", "item"]), None);
+
+        // rpc: parts typed by their XSD types, whatever the wrapper is called.
+        let rpc = Wsdl::parse(
+            &std::fs::read_to_string(format!("{FIXTURES}/calculator-rpc.wsdl")).unwrap(),
+        )
+        .unwrap();
+        let add = rpc.operation("Add").unwrap();
+        let output = rpc.body_element(&add.output, Style::Rpc, "AddResponse");
+        let types = OutputTypes {
+            wsdl: &rpc,
+            root: &output,
+            rpc: true,
+        };
+        let doc = xml::parse(
+            r#"<m:AddResult xmlns:m="urn:calculator"><sum>5</sum><exact>true</exact></m:AddResult>"#,
+            &xml::Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            xml::element_value(doc.root_element(), &types, &mut Vec::new()),
+            json!({"sum": 5, "exact": true})
+        );
     }
 
     #[test]
