@@ -14,11 +14,13 @@
 //! - [`openapi`]: OpenAPI 3.0/3.1 specs, the `http` step's `operation:` and its checks
 //! - [`step`]: step kinds (`http`, `map`, `filter`, `log`) and their registry
 //! - [`trigger`]: the event shape, webhook body parsing
+//! - [`xml`]: the one XML ↔ JSON mapping, parsed safely (no DTD, limits)
 //! - [`engine`]: the dispatcher and the run executor
 //! - [`store`]: the store trait and the embedded SQLite store
 //! - [`redact`]: `redact:` rules (paths masked in stored runs)
 //! - [`secret`]: the master key, sealed secrets, scrubbing of secret values
 //! - [`server`]: webhooks, health, management API
+//! - [`soap`]: WSDL parsing and SOAP envelopes (for the `soap` step and `ferry import wsdl`)
 //! - [`cli`]: the `ferry` commands
 
 pub mod access;
@@ -33,8 +35,10 @@ pub mod openapi;
 pub mod redact;
 pub mod secret;
 pub mod server;
+pub mod soap;
 pub mod step;
 pub mod store;
 pub mod trigger;
 pub mod util;
 pub mod verify;
+pub mod xml;

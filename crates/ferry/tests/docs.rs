@@ -7,6 +7,9 @@
 //! flow may use a connection shown earlier in the same file), validated with one run of the
 //! real binary. Blocks meant to be wrong or incomplete use `yaml-invalid` or `yaml-partial`;
 //! a block that elides part of itself with a `# …` comment line is partial too.
+//!
+//! A block whose info string is `LANG file=PATH` (for example a WSDL, ```` ```xml
+//! file=wsdl/warehouse.wsdl ````) is written to PATH in that project, for the flows that read it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +47,33 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
     walk(&root.join("docs"), &mut docs);
     docs.sort();
     out.extend(docs);
+    out
+}
+
+/// Blocks fenced as ```` ```LANG file=PATH ````: `(PATH, text)`.
+fn project_files(markdown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match &mut open {
+            None => {
+                if let Some(info) = line.trim_start().strip_prefix("```")
+                    && let Some((_, path)) = info.split_once(" file=")
+                {
+                    open = Some((path.trim().to_owned(), String::new()));
+                }
+            }
+            Some((path, text)) => {
+                if line.trim_start().starts_with("```") {
+                    out.push((std::mem::take(path), std::mem::take(text)));
+                    open = None;
+                } else {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
     out
 }
 
@@ -124,6 +154,12 @@ fn every_yaml_example_in_the_docs_validates() {
             continue;
         }
         let project = tempfile::tempdir().expect("a temporary folder");
+        for (path, text) in project_files(&markdown) {
+            let full = project.path().join(&path);
+            std::fs::create_dir_all(full.parent().expect("a file in a folder"))
+                .expect("create the project folder");
+            std::fs::write(full, text).expect("write the file");
+        }
         let mut map = Vec::new();
         for (n, block) in blocks.iter().enumerate() {
             let folder = if block.connection {

@@ -26,16 +26,20 @@ pub(super) enum ImportKind {
         #[arg(long)]
         force: bool,
     },
+    /// A SOAP service's WSDL 1.1, from a file or a URL: lists the operations with their input
+    /// and output shapes, copies it to `wsdl/ID.wsdl` and writes `connections/ID.yaml`.
+    Wsdl(super::import_wsdl::WsdlArgs),
 }
 
-pub(super) async fn import(kind: ImportKind) -> anyhow::Result<()> {
+pub(super) async fn import(kind: ImportKind) -> anyhow::Result<i32> {
     match kind {
         ImportKind::Openapi {
             source,
             id,
             out,
             force,
-        } => openapi(&source, id, &out, force).await,
+        } => openapi(&source, id, &out, force).await.map(|_| 0),
+        ImportKind::Wsdl(args) => super::import_wsdl::run(args),
     }
 }
 

@@ -19,6 +19,7 @@ macro_rules! say {
 mod admin;
 mod client;
 mod import;
+mod import_wsdl;
 mod run;
 mod serve;
 
@@ -122,7 +123,7 @@ pub fn main() -> i32 {
             Command::Serve(args) => serve::serve(args).await.map(|_| 0),
             Command::Run(args) => run::run(args).await,
             Command::Validate { paths } => Ok(validate(&paths)),
-            Command::Import { kind } => import::import(kind).await.map(|_| 0),
+            Command::Import { kind } => import::import(kind).await,
             Command::Runs { command, server } => client::runs(command, server).await.map(|_| 0),
             Command::Dlq { command, server } => client::dlq(command, server).await.map(|_| 0),
             Command::Secrets { command, target } => {

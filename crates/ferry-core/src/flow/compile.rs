@@ -42,12 +42,16 @@ pub struct Flow {
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Flow {
-    /// Configured values of the trigger that may come from the environment or a secret.
+    /// Configured values of the trigger and the steps that may come from the environment or
+    /// a secret.
     pub fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {
-        self.webhook()
+        let mut out = self
+            .webhook()
             .and_then(|w| w.verifier.as_ref())
             .map(|v| v.secret_sources())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        out.extend(self.steps.iter().flat_map(|s| s.step.value_sources()));
+        out
     }
 
     pub fn webhook(&self) -> Option<&Webhook> {
@@ -609,7 +613,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, map, filter, log
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`

@@ -10,6 +10,7 @@ mod http;
 mod log;
 mod map;
 mod paginate;
+mod soap;
 
 pub use call::USER_AGENT;
 
@@ -35,7 +36,14 @@ pub struct StepDef {
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
-pub const STEPS: &[StepDef] = &[http::DEF, graphql::DEF, map::DEF, filter::DEF, log::DEF];
+pub const STEPS: &[StepDef] = &[
+    http::DEF,
+    graphql::DEF,
+    soap::DEF,
+    map::DEF,
+    filter::DEF,
+    log::DEF,
+];
 
 pub fn kinds() -> impl Iterator<Item = &'static str> {
     STEPS.iter().map(|d| d.kind)
@@ -63,6 +71,12 @@ pub trait Step: Send + Sync + 'static {
     /// next step starts).
     fn calls_out(&self) -> bool {
         false
+    }
+
+    /// The step's own settings that may come from the environment or a secret (for the
+    /// start-up check of unset secrets).
+    fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {
+        Vec::new()
     }
 }
 
@@ -128,6 +142,9 @@ pub enum ErrorKind {
     Expression,
     /// The flow or its environment is wrong (missing variable, bad URL).
     Config,
+    /// The peer answered with a protocol-level fault (a SOAP Fault): retried when the peer
+    /// says the fault is its own (`Server`/`Receiver`), not when it blames the request.
+    Fault { retryable: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +181,7 @@ impl StepError {
             }
             ErrorKind::Network | ErrorKind::Timeout => true,
             ErrorKind::BadResponse | ErrorKind::Expression | ErrorKind::Config => false,
+            ErrorKind::Fault { retryable } => retryable,
         }
     }
 
@@ -184,6 +202,7 @@ impl StepError {
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::Expression => "expression",
             ErrorKind::Config => "config",
+            ErrorKind::Fault { .. } => "fault",
         }
     }
 }

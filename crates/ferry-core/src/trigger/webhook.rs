@@ -22,11 +22,18 @@ pub enum BodyError {
     #[error("JSON nested deeper than {0} levels")]
     TooDeep(usize),
     #[error(
-        "unsupported content type `{0}`; expected `application/json`, `application/x-www-form-urlencoded` or `text/*`"
+        "unsupported content type `{0}`; expected `application/json`, `application/xml`, `application/x-www-form-urlencoded` or `text/*`"
     )]
     UnsupportedMediaType(String),
     #[error("body is not valid UTF-8")]
     NotUtf8,
+    /// An XML body that is malformed, has a DTD, or is over a limit.
+    #[error("{0}")]
+    Xml(#[from] crate::xml::XmlError),
+    /// An XML body within the element depth limit whose JSON form nests deeper than it (each
+    /// repeated element and each element with attributes or children adds a level).
+    #[error("XML nested deeper than {0} levels once mapped to JSON")]
+    XmlTooDeep(usize),
 }
 
 /// Parses a request body by its content type.
@@ -47,6 +54,8 @@ pub fn parse_body(
         Some("application/json") => parse_json(bytes, max_depth),
         Some(c) if c.ends_with("+json") => parse_json(bytes, max_depth),
         Some("application/x-www-form-urlencoded") => Ok(Json::Object(form_object(bytes))),
+        Some("application/xml" | "text/xml") => parse_xml(bytes, max_depth),
+        Some(c) if c.ends_with("+xml") => parse_xml(bytes, max_depth),
         Some(c) if c.starts_with("text/") => std::str::from_utf8(bytes)
             .map(|s| Json::String(s.to_owned()))
             .map_err(|_| BodyError::NotUtf8),
@@ -63,6 +72,32 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Json, BodyError> {
         return Err(BodyError::TooDeep(max_depth));
     }
     serde_json::from_slice(bytes).map_err(|e| BodyError::MalformedJson(e.to_string()))
+}
+
+/// XML by the one mapping (`crate::xml`), keyed by the root element, without a schema (so all
+/// text stays text). The server has already limited the size; `max_depth` limits both the
+/// element nesting and the nesting of the JSON it becomes, so the stored event reads back
+/// like any JSON body (serde_json refuses to read more than 128 levels).
+pub fn parse_xml(bytes: &[u8], max_depth: usize) -> Result<Json, BodyError> {
+    let limits = crate::xml::Limits {
+        max_bytes: usize::MAX,
+        max_depth,
+        ..crate::xml::Limits::default()
+    };
+    let body = crate::xml::to_json(bytes, &limits, &crate::xml::Untyped)?;
+    if nesting(&body) > max_depth {
+        return Err(BodyError::XmlTooDeep(max_depth));
+    }
+    Ok(body)
+}
+
+/// Levels of arrays and objects in a value (a scalar is 0).
+fn nesting(v: &Json) -> usize {
+    match v {
+        Json::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Json::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Deepest nesting of `[`/`{` outside strings (an upper bound for invalid input).
@@ -152,6 +187,56 @@ mod tests {
     }
 
     #[test]
+    fn xml_bodies_map_by_the_root_element_and_text_stays_text() {
+        let order = b"<order xmlns='urn:shop'><id>5</id><item sku='a'/><item sku='b'/></order>";
+        let want = json!({"order": {"id": "5", "item": [{"@sku": "a"}, {"@sku": "b"}]}});
+        for ct in [
+            "application/xml",
+            "text/xml; charset=utf-8",
+            "application/soap+xml",
+            "Application/Atom+XML",
+        ] {
+            assert_eq!(parse_body(Some(ct), order, 8).unwrap(), want, "{ct}");
+        }
+        // Other text/* stays a string.
+        assert_eq!(
+            parse_body(Some("text/plain"), b"<a/>", 8).unwrap(),
+            json!("<a/>")
+        );
+    }
+
+    #[test]
+    fn xml_bodies_are_refused_with_the_reason() {
+        let e = parse_body(
+            Some("application/xml"),
+            b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x>&e;</x>",
+            8,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "XML with a DTD is refused (no entities are expanded)"
+        );
+        assert_eq!(
+            parse_body(Some("text/xml"), b"<a>\n<b></a>", 8)
+                .unwrap_err()
+                .to_string(),
+            "malformed XML at line 2, column 4: expected 'b' tag, not 'a'"
+        );
+        assert_eq!(
+            parse_body(Some("text/xml"), b"<a><b><c/></b></a>", 2).unwrap_err(),
+            BodyError::Xml(crate::xml::XmlError::TooDeep(2))
+        );
+        // Three elements deep, but five levels of JSON: refused at a limit of 4.
+        let doc = b"<a><b x='1'/><b><c/><c/></b></a>";
+        assert!(parse_body(Some("text/xml"), doc, 5).is_ok());
+        assert_eq!(
+            parse_body(Some("text/xml"), doc, 4).unwrap_err(),
+            BodyError::XmlTooDeep(4)
+        );
+    }
+
+    #[test]
     fn brackets_inside_strings_do_not_count_as_depth() {
         assert_eq!(json_depth(br#"{"a": "[[[[\"[["}"#), 1);
     }
@@ -162,6 +247,7 @@ mod tests {
             let _ = parse_body(Some("application/json"), &bytes, 16);
             let _ = parse_body(Some("application/x-www-form-urlencoded"), &bytes, 16);
             let _ = parse_body(Some("text/plain"), &bytes, 16);
+            let _ = parse_body(Some("application/xml"), &bytes, 16);
         }
 
         #[test]

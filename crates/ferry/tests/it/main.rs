@@ -9,5 +9,7 @@ mod harness;
 mod openapi;
 mod rest;
 mod retries;
+mod soap;
 mod trust;
 mod webhook;
+mod xml;
