@@ -79,6 +79,49 @@ async fn customer_registered_reaches_the_crm_over_rest_and_the_mailer_over_graph
 }
 
 #[tokio::test]
+async fn a_paid_order_becomes_a_typed_erp_sales_order_and_a_fault_fails_without_retry() {
+    let fakes = fakes().await;
+    let project = project("order-to-erp", &fakes);
+    let ferry = Ferry::start(&project);
+    let order: Value = serde_json::from_str(
+        &std::fs::read_to_string(project.path().join("events/order.json")).unwrap(),
+    )
+    .unwrap();
+
+    let run = ferry.run_event("/hooks/shop/orders", &order).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let response = &step(&run, "order")["output"]["body"]["CreateSalesOrderResponse"];
+    // Typed by the WSDL's schema: numbers and a boolean, not strings.
+    assert_eq!(response["orderNumber"], json!(100001), "{run:#}");
+    assert_eq!(response["total"], json!(29.9));
+    assert_eq!(response["accepted"], json!(true));
+    let erp = fakes.received("erp");
+    assert_eq!(erp.len(), 1);
+    assert!(erp[0].body.contains("<") && erp[0].body.contains("ord_1042"));
+    assert_eq!(erp[0].body.matches("TEA-GREEN-250").count(), 1);
+
+    // Not paid: filtered out, the ERP hears nothing.
+    let mut pending = order.clone();
+    pending["id"] = "ord_1043".into();
+    pending["status"] = "pending".into();
+    let run = ferry.run_event("/hooks/shop/orders", &pending).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(fakes.received("erp").len(), 1);
+
+    // A line without a quantity: the ERP answers a client fault; the run ends with the
+    // fault's text and the call is not repeated.
+    let mut bad = order.clone();
+    bad["id"] = "ord_1044".into();
+    bad["items"][0]["quantity"] = 0.into();
+    let run = ferry.run_event("/hooks/shop/orders", &bad).await;
+    assert_ne!(run["status"], "succeeded", "{run:#}");
+    let text = run.to_string();
+    assert!(text.contains("positive quantity"), "{run:#}");
+    assert!(text.contains("Client"), "{run:#}");
+    assert_eq!(fakes.received("erp").len(), 2);
+}
+
+#[tokio::test]
 async fn the_customer_export_follows_every_page_and_loads_the_opt_ins() {
     let fakes = fakes().await;
     let project = project("customer-export", &fakes);
