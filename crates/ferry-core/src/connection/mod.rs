@@ -41,6 +41,25 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A plain connection to `base_url`, for unit tests of what compiles against one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, base_url: &str) -> Connection {
+        Connection {
+            id: id.into(),
+            base_url: ValueSource::Literal(base_url.into()),
+            headers: vec![],
+            timeout: std::time::Duration::from_secs(5),
+            retry: None,
+            max_response_bytes: 1024,
+            auth: None,
+            tls: None,
+            redact: vec![],
+            auth_sources: vec![],
+            redirects: crate::flow::model::DEFAULT_REDIRECTS,
+            openapi: None,
+        }
+    }
+
     /// Every configured value that may come from the environment or a secret.
     pub fn value_sources(&self) -> Vec<&ValueSource> {
         std::iter::once(&self.base_url)

@@ -570,20 +570,7 @@ mod tests {
 
     fn errors(flow: &str) -> String {
         let mut conns = HashMap::new();
-        let c = Connection {
-            id: "crm".into(),
-            base_url: crate::flow::model::ValueSource::Literal("http://127.0.0.1:1".into()),
-            headers: vec![],
-            timeout: Duration::from_secs(5),
-            retry: None,
-            max_response_bytes: 1024,
-            auth: None,
-            tls: None,
-            redact: vec![],
-            auth_sources: vec![],
-            redirects: crate::flow::model::DEFAULT_REDIRECTS,
-            openapi: None,
-        };
+        let c = Connection::for_tests("crm", "http://127.0.0.1:1");
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();
         let mut diags = Diagnostics::default();

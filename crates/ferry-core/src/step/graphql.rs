@@ -31,7 +31,7 @@ use super::call::{self, OutBody, Outbound, scalar_text, type_name};
 use super::{CompileCx, ErrorKind, Step, StepCx, StepDef, StepError, StepOutput};
 use crate::connection::Connection;
 use crate::diag::Pos;
-use crate::expr::{EvalError, Template};
+use crate::expr::Template;
 use crate::flow::node::{Node, Spanned};
 
 pub(super) const DEF: StepDef = StepDef {
@@ -918,28 +918,13 @@ impl Step for Graphql {
 
 impl Graphql {
     async fn render(&self, cx: &StepCx) -> Result<Rendered, StepError> {
-        let parts: Vec<Option<Template>> = vec![
-            self.path.clone(),
-            self.variables.clone(),
-            self.headers.clone(),
-        ];
-        let bounded = parts.iter().flatten().all(Template::is_bounded);
         let mut out = cx
-            .eval(bounded, move |ctx| {
-                let names = ["path", "variables", "headers"];
-                parts
-                    .iter()
-                    .zip(names)
-                    .map(|(t, name)| match t {
-                        Some(t) => t.render(ctx).map(Some).map_err(|e| EvalError {
-                            message: format!("in `{name}`: {}", e.message),
-                        }),
-                        None => Ok(None),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?
-            .into_iter();
+            .render_named(vec![
+                ("path", self.path.clone()),
+                ("variables", self.variables.clone()),
+                ("headers", self.headers.clone()),
+            ])
+            .await?;
         let mut next = || out.next().flatten();
         Ok(Rendered {
             path: next(),
@@ -1116,7 +1101,6 @@ impl Graphql {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::time::Duration;
 
     use crate::diag::Diagnostics;
 
@@ -1124,20 +1108,7 @@ mod tests {
         // `\` at the end of a Rust line eats the next line's indentation: put it back.
         let flow = format!("id: f\ntrigger: manual\nsteps:\n  {steps}");
         let mut conns = HashMap::new();
-        let c = Connection {
-            id: "shop".into(),
-            base_url: crate::flow::model::ValueSource::Literal("http://127.0.0.1:1".into()),
-            headers: vec![],
-            timeout: Duration::from_secs(5),
-            retry: None,
-            max_response_bytes: 1024,
-            auth: None,
-            tls: None,
-            redact: vec![],
-            auth_sources: vec![],
-            redirects: crate::flow::model::DEFAULT_REDIRECTS,
-            openapi: None,
-        };
+        let c = Connection::for_tests("shop", "http://127.0.0.1:1");
         conns.insert("shop".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(&flow).unwrap();
         let mut diags = Diagnostics::default();

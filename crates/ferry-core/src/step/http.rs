@@ -406,38 +406,24 @@ impl Step for Http {
 
 impl Http {
     async fn render(&self, cx: &StepCx) -> Result<Rendered, StepError> {
-        let parts: Vec<Option<Template>> = vec![
-            self.url.clone(),
-            self.path.clone(),
-            self.query.clone(),
-            self.headers.clone(),
-            match &self.body {
-                Body::None => None,
-                Body::Json(t)
-                | Body::Form(t)
-                | Body::Text(t)
-                | Body::Multipart(t, _)
-                | Body::Binary(t) => Some(t.clone()),
-            },
-            self.params.clone(),
-        ];
-        let bounded = parts.iter().flatten().all(Template::is_bounded);
+        let body = match &self.body {
+            Body::None => None,
+            Body::Json(t)
+            | Body::Form(t)
+            | Body::Text(t)
+            | Body::Multipart(t, _)
+            | Body::Binary(t) => Some(t.clone()),
+        };
         let mut out = cx
-            .eval(bounded, move |ctx| {
-                let names = ["url", "path", "query", "headers", "body", "params"];
-                parts
-                    .iter()
-                    .zip(names)
-                    .map(|(t, name)| match t {
-                        Some(t) => t.render(ctx).map(Some).map_err(|e| EvalError {
-                            message: format!("in `{name}`: {}", e.message),
-                        }),
-                        None => Ok(None),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?
-            .into_iter();
+            .render_named(vec![
+                ("url", self.url.clone()),
+                ("path", self.path.clone()),
+                ("query", self.query.clone()),
+                ("headers", self.headers.clone()),
+                ("body", body),
+                ("params", self.params.clone()),
+            ])
+            .await?;
         let mut next = || out.next().flatten();
         Ok(Rendered {
             url: next(),

@@ -116,6 +116,34 @@ impl StepCx {
     }
 }
 
+impl StepCx {
+    /// Renders a step's optional templates in one evaluation, each error naming its setting
+    /// (`in `body`: …`). The result has one entry per part, in order; absent parts stay `None`.
+    pub async fn render_named(
+        &self,
+        parts: Vec<(&'static str, Option<Template>)>,
+    ) -> Result<std::vec::IntoIter<Option<Json>>, StepError> {
+        let bounded = parts
+            .iter()
+            .filter_map(|(_, t)| t.as_ref())
+            .all(Template::is_bounded);
+        let out = self
+            .eval(bounded, move |ctx| {
+                parts
+                    .iter()
+                    .map(|(name, t)| match t {
+                        Some(t) => t.render(ctx).map(Some).map_err(|e| EvalError {
+                            message: format!("in `{name}`: {}", e.message),
+                        }),
+                        None => Ok(None),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(out.into_iter())
+    }
+}
+
 /// A step's result and what the engine should do next.
 #[derive(Debug, Default)]
 pub struct StepOutput {
