@@ -1,5 +1,5 @@
 //! Inbound webhook bodies, as the server receives them: any bytes under each supported content
-//! type, with the server's default nesting limit.
+//! type (JSON, form, text, XML), with the server's default nesting limit.
 
 #![no_main]
 
@@ -15,6 +15,9 @@ const CONTENT_TYPES: &[&str] = &[
     "application/json",
     "application/x-www-form-urlencoded",
     "text/plain",
+    "application/xml",
+    "text/xml",
+    "application/soap+xml",
 ];
 
 fuzz_target!(|data: &[u8]| {
