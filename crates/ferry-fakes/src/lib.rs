@@ -404,6 +404,18 @@ async fn erp_soap(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: B
             "the Body holds no {urn:example:erp:sales}CreateSalesOrder",
         );
     };
+    // Like a validating server (JAX-WS, WCF), children must come in the schema's sequence.
+    if let Err(e) = in_sequence(order, &["externalId", "customerEmail", "currency", "line"]) {
+        return fault("soap:Client", &e);
+    }
+    for line in order
+        .children()
+        .filter(|c| c.has_tag_name((ERP_NS, "line")))
+    {
+        if let Err(e) = in_sequence(line, &["sku", "quantity", "unitPrice"]) {
+            return fault("soap:Client", &e);
+        }
+    }
     let child = |n: roxmltree::Node, name: &str| {
         n.children()
             .find(|c| c.has_tag_name((ERP_NS, name)))
@@ -448,6 +460,32 @@ async fn erp_soap(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: B
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><s:CreateSalesOrderResponse xmlns:s="{ERP_NS}"><s:orderNumber>{number}</s:orderNumber><s:total>{total:.2}</s:total><s:accepted>true</s:accepted></s:CreateSalesOrderResponse></soap:Body></soap:Envelope>"#
     );
     ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response()
+}
+
+/// Whether the element children of `node` follow `sequence` (each name's position in it never
+/// goes back).
+fn in_sequence(node: roxmltree::Node, sequence: &[&str]) -> Result<(), String> {
+    let mut at = 0;
+    for child in node.children().filter(|c| c.is_element()) {
+        let name = child.tag_name().name();
+        match sequence.iter().position(|s| *s == name) {
+            Some(i) if i >= at => at = i,
+            Some(_) => {
+                return Err(format!(
+                    "element `{name}` is out of order in `{}`; the schema's sequence is {}",
+                    node.tag_name().name(),
+                    sequence.join(", ")
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "unexpected element `{name}` in `{}`",
+                    node.tag_name().name()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fault(code: &str, message: &str) -> Response {

@@ -118,6 +118,8 @@ pub struct Request<'a> {
     pub qualified_children: bool,
     /// The element's content as JSON (`{child: value}`), mapped like responses are.
     pub content: &'a Json,
+    /// The schema's order of children (`xsd:sequence`), from the request element down.
+    pub order: &'a dyn xml::Order,
 }
 
 /// A built envelope: what is sent, and what the run record shows (credentials masked).
@@ -233,12 +235,14 @@ fn body_element(req: &Request) -> Result<String, String> {
     match (ns, qualified) {
         // Children inherit the default namespace: qualified.
         (Some(ns), true) => {
-            xml::write_element(&mut out, &e.name, &content, Some(ns)).map_err(|e| e.to_string())?
+            xml::write_element_ordered(&mut out, &e.name, &content, Some(ns), req.order)
+                .map_err(|e| e.to_string())?
         }
         // A prefix for the element only: its children stay unqualified.
         (Some(ns), false) => {
             let mut plain = String::new();
-            xml::write_element(&mut plain, &e.name, &content, None).map_err(|e| e.to_string())?;
+            xml::write_element_ordered(&mut plain, &e.name, &content, None, req.order)
+                .map_err(|e| e.to_string())?;
             let open = format!("<{}", e.name);
             let rest = plain.strip_prefix(&open).ok_or("unexpected element text")?;
             out = format!("<m:{} xmlns:m=\"{}\"{rest}", e.name, escape(ns));
@@ -248,9 +252,8 @@ fn body_element(req: &Request) -> Result<String, String> {
                 out.push_str(&format!("</m:{}>", e.name));
             }
         }
-        (None, _) => {
-            xml::write_element(&mut out, &e.name, &content, None).map_err(|e| e.to_string())?
-        }
+        (None, _) => xml::write_element_ordered(&mut out, &e.name, &content, None, req.order)
+            .map_err(|e| e.to_string())?,
     }
     Ok(out)
 }
@@ -433,7 +436,7 @@ mod tests {
                 reference: None,
             };
             let content = json!({ key: value });
-            if let Ok(b) = build(&Request { version: SoapVersion::V11, style: Style::Document, element: &el, rpc_namespace: None, qualified_children: true, content: &content }, None) {
+            if let Ok(b) = build(&Request { version: SoapVersion::V11, style: Style::Document, element: &el, rpc_namespace: None, qualified_children: true, content: &content, order: &xml::Unordered }, None) {
                 prop_assert!(xml::parse(&b.text, &xml::Limits::default()).is_ok(), "{}", b.text);
             }
         }
@@ -490,6 +493,7 @@ mod tests {
                 rpc_namespace: None,
                 qualified_children: true,
                 content: &body,
+                order: &xml::Unordered,
             },
             Some(&t),
         )
@@ -539,6 +543,7 @@ mod tests {
                 rpc_namespace: None,
                 qualified_children: false,
                 content: &json!({"sku": "A"}),
+                order: &xml::Unordered,
             },
             Some(&token(false)),
         )
@@ -580,6 +585,7 @@ mod tests {
                 rpc_namespace: Some("urn:calculator"),
                 qualified_children: true,
                 content: &json!({"a": 2, "b": 3}),
+                order: &xml::Unordered,
             },
             None,
         )
@@ -597,6 +603,7 @@ mod tests {
                 rpc_namespace: None,
                 qualified_children: false,
                 content: &json!([1]),
+                order: &xml::Unordered,
             },
             None,
         );
@@ -611,6 +618,7 @@ mod tests {
                     rpc_namespace: None,
                     qualified_children: false,
                     content: &bad,
+                    order: &xml::Unordered,
                 },
                 None,
             );

@@ -414,6 +414,11 @@ impl Soap {
                         rpc_namespace: self.rpc_namespace.as_deref(),
                         qualified_children,
                         content: &body,
+                        order: &SchemaPaths {
+                            wsdl: &self.wsdl,
+                            root: &self.input,
+                            rpc: self.style == Style::Rpc,
+                        },
                     },
                     token.as_ref(),
                 )
@@ -520,7 +525,7 @@ impl Soap {
                 stop: false,
             }),
             Answer::Element(node) => {
-                let types = OutputTypes {
+                let types = SchemaPaths {
                     wsdl: &self.wsdl,
                     root: &self.output,
                     rpc: self.style == Style::Rpc,
@@ -558,9 +563,10 @@ fn render_escaped(t: &Template, ctx: &Val) -> Result<String, EvalError> {
     }
 }
 
-/// Schema types of the response element, for the XML mapping: integers, decimals and
-/// booleans typed as the WSDL says; elements with `maxOccurs` > 1 always lists.
-struct OutputTypes<'a> {
+/// What the WSDL's schema says below a message element: for the response, the types of the
+/// XML mapping (integers, decimals and booleans typed as the WSDL says; elements with
+/// `maxOccurs` > 1 always lists); for the request, the order of each element's children.
+struct SchemaPaths<'a> {
     wsdl: &'a Wsdl,
     root: &'a ElementDecl,
     rpc: bool,
@@ -571,7 +577,7 @@ enum Found {
     Attribute(Option<Kind>),
 }
 
-impl OutputTypes<'_> {
+impl SchemaPaths<'_> {
     fn find(&self, path: &[&str]) -> Option<Found> {
         let schema = &self.wsdl.schema;
         let (first, rest) = path.split_first()?;
@@ -599,7 +605,24 @@ impl OutputTypes<'_> {
     }
 }
 
-impl xml::Types for OutputTypes<'_> {
+impl xml::Order for SchemaPaths<'_> {
+    fn children(&self, path: &[&str]) -> Option<Vec<String>> {
+        let Found::Element(e) = self.find(path)? else {
+            return None;
+        };
+        let schema = &self.wsdl.schema;
+        let ct = schema.complex_of(&e)?;
+        Some(
+            schema
+                .elements_of(&ct)
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
+        )
+    }
+}
+
+impl xml::Types for SchemaPaths<'_> {
     fn scalar(&self, path: &[&str]) -> Option<xml::Scalar> {
         let kind = match self.find(path)? {
             Found::Attribute(k) => k,
@@ -712,7 +735,7 @@ mod tests {
         let w = warehouse();
         let op = w.operation("GetStock").unwrap();
         let output = w.body_element(&op.output, Style::Document, "GetStockResponse");
-        let types = OutputTypes {
+        let types = SchemaPaths {
             wsdl: &w,
             root: &output,
             rpc: false,
@@ -746,7 +769,7 @@ mod tests {
         .unwrap();
         let add = rpc.operation("Add").unwrap();
         let output = rpc.body_element(&add.output, Style::Rpc, "AddResponse");
-        let types = OutputTypes {
+        let types = SchemaPaths {
             wsdl: &rpc,
             root: &output,
             rpc: true,

@@ -502,3 +502,35 @@ fn document() -> impl Strategy<Value = String> {
         format!("<?xml version=\"1.0\"?>\n<r xmlns:p=\"urn:p\" xmlns:i=\"{XSI}\">{e}</r>")
     })
 }
+
+#[test]
+fn a_schema_order_puts_children_in_sequence_and_the_rest_after() {
+    struct Sequence;
+    impl Order for Sequence {
+        fn children(&self, path: &[&str]) -> Option<Vec<String>> {
+            match path {
+                ["order"] => Some(vec!["id".into(), "email".into(), "line".into()]),
+                ["order", "line"] => Some(vec!["sku".into(), "qty".into()]),
+                _ => None,
+            }
+        }
+    }
+    let value = serde_json::json!({
+        "line": [{"qty": 2, "sku": "A"}, {"sku": "B", "qty": 1}],
+        "email": "a@b.c",
+        "note": "x",
+        "id": 7,
+        "#text": "",
+        "@v": "1",
+    });
+    let mut out = String::new();
+    write_element_ordered(&mut out, "order", &value, None, &Sequence).unwrap();
+    assert_eq!(
+        out,
+        r#"<order v="1"><id>7</id><email>a@b.c</email><line><sku>A</sku><qty>2</qty></line><line><sku>B</sku><qty>1</qty></line><note>x</note></order>"#
+    );
+    // Without a schema: the object's own order.
+    let mut plain = String::new();
+    write_element(&mut plain, "order", &value, None).unwrap();
+    assert!(plain.starts_with("<order v=\"1\"><email>"), "{plain}");
+}

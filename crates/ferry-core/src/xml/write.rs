@@ -24,6 +24,23 @@ pub enum WriteError {
     NotScalar(String),
 }
 
+/// The order of an element's children, when a schema says it (`xsd:sequence`): JSON objects
+/// carry no order a reader can rely on, but a strict SOAP server refuses children out of it.
+pub trait Order {
+    /// The child element names of the element at `path` (local names from the written
+    /// element down, itself included), in the order they must be written; `None` when unknown.
+    fn children(&self, path: &[&str]) -> Option<Vec<String>>;
+}
+
+/// No schema: children are written in the JSON object's order.
+pub struct Unordered;
+
+impl Order for Unordered {
+    fn children(&self, _: &[&str]) -> Option<Vec<String>> {
+        None
+    }
+}
+
 /// Writes `value` as the element `name` (or, for an array, one `name` element per item) at the
 /// end of `out`. `ns`, when given, becomes the default namespace (`xmlns="…"`) of the element(s)
 /// written here, and so of their children too.
@@ -35,17 +52,32 @@ pub fn write_element(
     value: &Json,
     ns: Option<&str>,
 ) -> Result<(), WriteError> {
-    let mut buf = String::new();
-    elements(&mut buf, name, value, ns)?;
-    out.push_str(&buf);
-    Ok(())
+    write_element_ordered(out, name, value, ns, &Unordered)
 }
 
-fn elements(
+/// [`write_element`], with children in the order `order` gives; children it does not name
+/// follow in the object's order.
+pub fn write_element_ordered(
     out: &mut String,
     name: &str,
     value: &Json,
     ns: Option<&str>,
+    order: &dyn Order,
+) -> Result<(), WriteError> {
+    let mut buf = String::new();
+    let mut path = Vec::new();
+    elements(&mut buf, name, value, ns, order, &mut path)?;
+    out.push_str(&buf);
+    Ok(())
+}
+
+fn elements<'a>(
+    out: &mut String,
+    name: &'a str,
+    value: &'a Json,
+    ns: Option<&str>,
+    order: &dyn Order,
+    path: &mut Vec<&'a str>,
 ) -> Result<(), WriteError> {
     match value {
         Json::Array(items) => {
@@ -53,15 +85,22 @@ fn elements(
                 if item.is_array() {
                     return Err(WriteError::NestedArray(name.to_owned()));
                 }
-                element(out, name, item, ns)?;
+                element(out, name, item, ns, order, path)?;
             }
             Ok(())
         }
-        _ => element(out, name, value, ns),
+        _ => element(out, name, value, ns, order, path),
     }
 }
 
-fn element(out: &mut String, name: &str, value: &Json, ns: Option<&str>) -> Result<(), WriteError> {
+fn element<'a>(
+    out: &mut String,
+    name: &'a str,
+    value: &'a Json,
+    ns: Option<&str>,
+    order: &dyn Order,
+    path: &mut Vec<&'a str>,
+) -> Result<(), WriteError> {
     check_name(name)?;
     out.push('<');
     out.push_str(name);
@@ -93,15 +132,25 @@ fn element(out: &mut String, name: &str, value: &Json, ns: Option<&str>) -> Resu
                 return Ok(());
             }
             out.push('>');
-            for (key, v) in map {
-                if key == "#text" {
-                    if let Some(text) = scalar_text(v, key)? {
-                        escape_text(out, &text, name)?;
-                    }
-                } else if !key.starts_with('@') {
-                    elements(out, key, v, None)?;
-                }
+            if let Some(v) = map.get("#text")
+                && let Some(text) = scalar_text(v, "#text")?
+            {
+                escape_text(out, &text, name)?;
             }
+            path.push(name);
+            let mut children: Vec<(&String, &Json)> = map
+                .iter()
+                .filter(|(k, _)| *k != "#text" && !k.starts_with('@'))
+                .collect();
+            if let Some(names) = order.children(path) {
+                // Stable: children the schema does not name keep their order, after the rest.
+                let rank = |k: &str| names.iter().position(|n| n == k).unwrap_or(usize::MAX);
+                children.sort_by_key(|(k, _)| rank(k));
+            }
+            for (key, v) in children {
+                elements(out, key, v, None, order, path)?;
+            }
+            path.pop();
             close(out, name);
         }
         scalar => {
