@@ -338,6 +338,10 @@ const BOUNDED: &[&str] = &[
 /// as unbounded).
 fn is_bounded(src: &str) -> bool {
     let bytes = src.as_bytes();
+    // Open brackets, innermost last: in `{…}` a name right after `{` or `,` is a key
+    // (`{sku, qty: .n}` is `{sku: .sku, qty: .n}`), not a call.
+    let mut open: Vec<u8> = Vec::new();
+    let mut last_sig: Option<u8> = None;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -353,6 +357,7 @@ fn is_bounded(src: &str) -> bool {
                 i += 1;
             }
             i += 1;
+            last_sig = Some(b'"');
             continue;
         }
         if b.is_ascii_alphabetic() || b == b'_' {
@@ -365,19 +370,37 @@ fn is_bounded(src: &str) -> bool {
             } else {
                 Some(bytes[start - 1])
             };
+            let before = last_sig;
+            last_sig = Some(b'a');
             // `.name`, `$name`, `@base64`, `?//` targets are not calls.
             if matches!(prev, Some(b'.' | b'$' | b'@')) {
                 continue;
             }
-            // `{name: …}` object keys are not calls either.
+            // `{name: …}` object keys are not calls either, nor `{name, …}` shorthands.
             let rest = src[i..].trim_start();
             if rest.starts_with(':') && !rest.starts_with("::") {
+                continue;
+            }
+            if open.last() == Some(&b'{')
+                && matches!(before, Some(b'{' | b','))
+                && (rest.starts_with(',') || rest.starts_with('}'))
+            {
                 continue;
             }
             if !BOUNDED.contains(&&src[start..i]) {
                 return false;
             }
             continue;
+        }
+        match b {
+            b'(' | b'[' | b'{' => open.push(b),
+            b')' | b']' | b'}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        if !b.is_ascii_whitespace() {
+            last_sig = Some(b);
         }
         i += 1;
     }
@@ -649,6 +672,10 @@ mod tests {
             "[.[] | select(.n > 1)] | length",
             "@base64",
             "$x",
+            // Object shorthands are keys, not calls.
+            "[.items[] | {sku, quantity: .qty, unitPrice: .price}]",
+            "{range}",
+            "{a, $x, b: .c, d}",
         ] {
             assert!(is_bounded(src), "{src} should be bounded");
         }
@@ -660,6 +687,10 @@ mod tests {
             "test(\"a+\")",
             "\"\\(range(9))\"",
             ".[] as $a | $a",
+            "[range, 2]",
+            "{a: range(3)}",
+            "{a: (.x, range), b}",
+            "{a: .x | repeat}",
         ] {
             assert!(!is_bounded(src), "{src} should not be bounded");
         }
