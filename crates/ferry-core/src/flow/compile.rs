@@ -548,8 +548,11 @@ fn compile_step(
         .timeout
         .map(|d| d.0)
         .or_else(|| {
-            step.connection()
-                .map(|c| c.timeout + Duration::from_secs(1))
+            step.connection().map(|c| {
+                let requests =
+                    u32::try_from(step.requests_per_attempt().max(1)).unwrap_or(u32::MAX);
+                c.timeout.saturating_mul(requests) + Duration::from_secs(1)
+            })
         })
         .unwrap_or(DEFAULT_STEP_TIMEOUT);
     Some(CompiledStep {
@@ -577,6 +580,35 @@ mod tests {
         let _ = compile_flow("f.yaml", flow, &node, &conns, &mut diags);
         diags.sort();
         diags.to_string()
+    }
+
+    #[test]
+    fn a_paginated_step_allows_every_page_the_connections_timeout() {
+        let flow = "\
+id: f
+trigger: { manual: {} }
+steps:
+  - id: one
+    http: { connection: crm, path: /x }
+  - id: pages
+    http: { connection: crm, path: /x, paginate: { link: next, max_pages: 4 } }
+  - id: own
+    http: { connection: crm, path: /x, paginate: { link: next } }
+    timeout: 3s
+";
+        let mut conns = HashMap::new();
+        let c = Connection::for_tests("crm", "http://127.0.0.1:1");
+        conns.insert("crm".to_owned(), Arc::new(c));
+        let node = crate::flow::node::parse_yaml(flow).unwrap();
+        let mut diags = Diagnostics::default();
+        let (f, _) = compile_flow("f.yaml", flow, &node, &conns, &mut diags).expect("compiles");
+        let timeouts: Vec<Duration> = f.steps.iter().map(|s| s.timeout).collect();
+        // The test connection's timeout is 5 s.
+        assert_eq!(
+            timeouts,
+            [6, 21, 3].map(Duration::from_secs).to_vec(),
+            "{diags}"
+        );
     }
 
     #[test]

@@ -903,6 +903,10 @@ impl Step for Graphql {
         Some(&self.connection)
     }
 
+    fn requests_per_attempt(&self) -> u64 {
+        self.pager.as_ref().map_or(1, |p| p.max_pages)
+    }
+
     fn calls_out(&self) -> bool {
         true
     }

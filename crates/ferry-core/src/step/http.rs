@@ -391,6 +391,10 @@ impl Step for Http {
         self.connection.as_deref()
     }
 
+    fn requests_per_attempt(&self) -> u64 {
+        self.paginate.as_ref().map_or(1, |p| p.max_pages)
+    }
+
     fn calls_out(&self) -> bool {
         true
     }

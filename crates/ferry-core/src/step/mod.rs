@@ -67,6 +67,12 @@ pub trait Step: Send + Sync + 'static {
         }
     }
 
+    /// The most requests one attempt may send (a paginated listing: its `max_pages`). The
+    /// step's default timeout allows each of them the connection's timeout.
+    fn requests_per_attempt(&self) -> u64 {
+        1
+    }
+
     /// True for steps with effects outside Ferry (their outcome must be stored before the
     /// next step starts).
     fn calls_out(&self) -> bool {
