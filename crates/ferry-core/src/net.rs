@@ -181,6 +181,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        // A `Referer` on a redirect would carry the first URL, query credentials included
+        // (`auth: { api_key: { query } }`), to the next host.
+        .referer(false)
         .pool_max_idle_per_host(256)
         .connect_timeout(Duration::from_secs(10))
 }

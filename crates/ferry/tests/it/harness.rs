@@ -92,7 +92,12 @@ impl Ferry {
 
     /// With extra environment variables for the server process.
     pub(crate) fn start_env(project: &Project, env: &[(&str, &str)]) -> Ferry {
-        let mut f = Ferry::prepared(project, &[]);
+        Ferry::start_env_args(project, env, &[])
+    }
+
+    /// With extra environment variables and arguments.
+    pub(crate) fn start_env_args(project: &Project, env: &[(&str, &str)], args: &[&str]) -> Ferry {
+        let mut f = Ferry::prepared(project, args);
         f.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -668,3 +668,39 @@ async fn a_redirect_limit_keeps_the_ssrf_checks_on_every_hop() {
         "the third redirect is not followed"
     );
 }
+
+#[tokio::test]
+async fn a_redirect_to_another_host_carries_no_referer_with_query_credentials() {
+    use crate::harness::{Fault, Receiver};
+    let receiver = Receiver::start().await;
+    let port = receiver.addr.port();
+    let conn = "id: keyed\nbase_url: '@RECEIVER@'\nauth: { api_key: { query: api_key, value: { env: QUERY_KEY } } }\nretry: { attempts: 1 }\n";
+    let project = Project::new(
+        &[
+            ("connections/keyed.yaml", conn),
+            (
+                "flows/k.yaml",
+                flow(
+                    "k",
+                    "  - id: get\n    http: { connection: keyed, path: /start }\n",
+                )
+                .as_str(),
+            ),
+        ],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_env_args(
+        &project,
+        &[("QUERY_KEY", "query-Secret-31337")],
+        &["--allow-network", "127.0.0.0/8"],
+    );
+    // `localhost` is another host than the connection's `127.0.0.1`.
+    receiver.fail_next([Fault::Redirect(format!("http://localhost:{port}/landed"))]);
+    let run = ferry.run_event("/k", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let landed = receiver.requests_to("/landed");
+    assert_eq!(landed.len(), 1);
+    let seen = format!("{:?}", landed[0]);
+    assert!(!seen.contains("query-Secret-31337"), "{seen}");
+    assert_eq!(landed[0].header("referer"), "", "{seen}");
+}

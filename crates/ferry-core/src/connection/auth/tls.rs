@@ -62,6 +62,7 @@ impl Tls {
         // The same settings as the engine's shared client (`engine::http_client`), which
         // this one replaces for the connection.
         let mut builder = reqwest::Client::builder()
+            .referer(false)
             .pool_max_idle_per_host(256)
             .redirect(match redirects {
                 0 => reqwest::redirect::Policy::none(),
