@@ -398,3 +398,40 @@ async fn answers_that_are_not_soap_fail_by_their_status_and_leak_no_password() {
         "{run:#}"
     );
 }
+
+#[tokio::test]
+async fn a_password_with_xml_special_characters_is_masked_in_its_escaped_form_too() {
+    const SPECIAL: &str = "p&ss<word>X9-secret";
+    const ESCAPED: &str = "p&amp;ss&lt;word&gt;X9-secret";
+    let receiver = Receiver::start().await;
+    let wsdl = std::fs::read_to_string(
+        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
+    )
+    .unwrap();
+    let flow = format!(
+        "id: f\ntrigger: {{ webhook: {{ path: /in }} }}\nsteps:\n  - id: stock\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: {{ sku: A1 }}\n      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }} }}\n"
+    );
+    let project = Project::new(
+        &[
+            ("flows/f.yaml", flow.as_str()),
+            (
+                "connections/wh.yaml",
+                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
+            ),
+        ],
+        Some(&receiver),
+    );
+    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
+    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
+    let ferry = Ferry::start_env(&project, &[("SOAP_PW", SPECIAL)]);
+
+    // An error page that echoes the envelope: the password arrives XML-escaped.
+    receiver.fail_next([Fault::Echo(500)]);
+    let run = ferry.run_event("/in", &json!({})).await;
+    assert_ne!(run["status"], "succeeded", "{run:#}");
+    let got = receiver.requests_to("/soap");
+    assert!(String::from_utf8_lossy(&got[0].body).contains(ESCAPED));
+    let stored = run.to_string();
+    assert!(!stored.contains(ESCAPED), "{run:#}");
+    assert!(!stored.contains(SPECIAL), "{run:#}");
+}
