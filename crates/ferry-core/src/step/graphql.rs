@@ -325,6 +325,20 @@ fn compile_pager(p: &PaginateConfig, cx: &mut CompileCx) -> Option<Pager> {
             ok = false;
         }
     }
+    if let Some(l) = &p.max_pages
+        && l.value > super::paginate::MAX_MAX_PAGES
+    {
+        cx.error(
+            l.pos,
+            format!(
+                "`max_pages` is at most {}, got {}",
+                super::paginate::MAX_MAX_PAGES,
+                l.value
+            ),
+            Some("every page is held in memory and stored with the run; split a bigger export into several runs".into()),
+        );
+        ok = false;
+    }
     ok.then(|| Pager {
         path: segments[1..].iter().map(|s| (*s).to_owned()).collect(),
         cursor_var,

@@ -524,7 +524,11 @@ impl Http {
         let mut urls: Vec<Json> = Vec::new();
         let mut first_request = None;
         let mut pages = 0u64;
+        // Every URL fetched: an API whose next page is one already fetched (a `Link` to
+        // itself, cursors going round) would otherwise be read until `max_pages`.
+        let mut fetched = std::collections::HashSet::new();
         loop {
+            fetched.insert(next.to_string());
             let reply = call::send_with(cx, out(next.clone()), self.redirects).await?;
             pages += 1;
             let body = self.reply_body(&reply);
@@ -563,6 +567,20 @@ impl Http {
                     e
                 })?;
             let request = first_request.get_or_insert_with(|| reply.request.clone());
+            if let Next::Fetch(u) = &after
+                && !truncated
+                && fetched.contains(u.as_str())
+            {
+                let mut e = StepError::new(
+                    ErrorKind::BadResponse,
+                    format!(
+                        "page {pages}: the next page `{}` was fetched already; the API's pagination goes round in a loop",
+                        call::redact_url(u)
+                    ),
+                );
+                e.request = Some(reply.request.clone());
+                return Err(e);
+            }
             match after {
                 Next::Fetch(u) if !truncated => next = u,
                 Next::Fetch(_) | Next::Done | Next::Truncated => {

@@ -24,6 +24,9 @@ use crate::flow::node::{Node, Spanned};
 
 /// Pages fetched at most when `max_pages` is not set.
 pub(super) const DEFAULT_MAX_PAGES: u64 = 100;
+/// The largest `max_pages` accepted: one attempt of a step is one run's work, and every page
+/// is kept in memory and stored with the run (a bigger export belongs in several runs).
+pub(super) const MAX_MAX_PAGES: u64 = 10_000;
 
 /// How to fetch every page of a listing (`http` step). Give exactly one of `link`, `cursor`,
 /// `page`, `offset`.
@@ -183,6 +186,14 @@ pub(super) fn compile(node: &Node, cx: &mut CompileCx) -> Option<Paginate> {
         Some(v.value as u64)
     };
     let max_pages = match &c.max_pages {
+        Some(v) if v.value > MAX_MAX_PAGES as i64 => {
+            cx.error(
+                v.pos,
+                format!("`max_pages` is at most {MAX_MAX_PAGES}, got {}", v.value),
+                Some("every page is held in memory and stored with the run; split a bigger export into several runs".into()),
+            );
+            None
+        }
         Some(v) => positive(v, "max_pages", cx),
         None => Some(DEFAULT_MAX_PAGES),
     };

@@ -485,6 +485,15 @@ impl Soap {
             e.request = Some(reply.request);
             e
         };
+        // A one-way operation's answer (WS-I Basic Profile): `202 Accepted` or `200` without
+        // an envelope. Nothing to read, and nothing went wrong.
+        if reply.is_success() && reply.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(StepOutput {
+                value: reply.result(Json::Null),
+                request: Some(reply.request),
+                stop: false,
+            });
+        }
         let Ok(text) = std::str::from_utf8(&reply.bytes) else {
             return Err(bad(reply, "the SOAP response is not UTF-8".into()));
         };

@@ -331,6 +331,8 @@ pub(crate) enum Fault {
     Echo(u16),
     /// Answer 302 to this location.
     Redirect(String),
+    /// Answer with this status and no body at all.
+    Empty(u16),
 }
 
 #[derive(Default)]
@@ -428,6 +430,7 @@ async fn record(
         Some(Fault::Status(s)) => {
             (StatusCode::from_u16(s).unwrap(), "{\"error\":\"injected\"}").into_response()
         }
+        Some(Fault::Empty(s)) => StatusCode::from_u16(s).unwrap().into_response(),
         Some(Fault::StatusWithRetryAfter(s, secs)) => (
             StatusCode::from_u16(s).unwrap(),
             [("retry-after", secs.to_string())],

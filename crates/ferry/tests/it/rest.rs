@@ -115,6 +115,16 @@ impl Api {
                 get(|| async { (StatusCode::FOUND, [("location", "/landed")]).into_response() }),
             )
             .route("/landed", get(|| async { Json(json!({ "landed": true })) }))
+            // Two pages whose `Link`s point at each other: a listing that never ends.
+            .route(
+                "/loop/{n}",
+                get(
+                    |axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                        let next = format!("</loop/{}>; rel=\"next\"", (n + 1) % 2);
+                        ([("link", next)], Json(json!([n]))).into_response()
+                    },
+                ),
+            )
             .route(
                 "/gzip",
                 get(|| async {
@@ -703,4 +713,43 @@ async fn a_redirect_to_another_host_carries_no_referer_with_query_credentials() 
     let seen = format!("{:?}", landed[0]);
     assert!(!seen.contains("query-Secret-31337"), "{seen}");
     assert_eq!(landed[0].header("referer"), "", "{seen}");
+}
+
+#[tokio::test]
+async fn a_listing_whose_next_page_was_fetched_already_fails_instead_of_looping() {
+    let (api, addr) = Api::start().await;
+    let steps =
+        "  - id: all\n    http: { connection: api, path: /loop/0, paginate: { link: next } }\n";
+    let project = Project::new(
+        &[
+            ("connections/api.yaml", connection(addr).as_str()),
+            ("flows/f.yaml", flow("f", steps).as_str()),
+        ],
+        None,
+    );
+    let ferry = Ferry::start(&project);
+    let run = ferry.run_event("/f", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("fetched already"), "{msg}");
+    // /loop/0, /loop/1, and not /loop/0 again (nor 100 pages).
+    assert_eq!(api.seen("/loop/0").len() + api.seen("/loop/1").len(), 2);
+
+    // And `max_pages` has a ceiling, said at validate time.
+    let steps = "  - id: all\n    http: { connection: api, path: /loop/0, paginate: { link: next, max_pages: 9223372036854775807 } }\n";
+    let project = Project::new(
+        &[
+            ("connections/api.yaml", connection(addr).as_str()),
+            ("flows/f.yaml", flow("f", steps).as_str()),
+        ],
+        None,
+    );
+    let out = std::process::Command::new(crate::harness::bin())
+        .arg("validate")
+        .arg(project.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("`max_pages` is at most 10000"), "{stdout}");
 }

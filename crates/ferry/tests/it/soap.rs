@@ -435,3 +435,36 @@ async fn a_password_with_xml_special_characters_is_masked_in_its_escaped_form_to
     assert!(!stored.contains(ESCAPED), "{run:#}");
     assert!(!stored.contains(SPECIAL), "{run:#}");
 }
+
+#[tokio::test]
+async fn a_one_way_answer_without_an_envelope_succeeds_with_a_null_body() {
+    let receiver = Receiver::start().await;
+    let wsdl = std::fs::read_to_string(
+        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
+    )
+    .unwrap();
+    let flow = "id: f\ntrigger: { webhook: { path: /in } }\nsteps:\n  - id: ping\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: { sku: A1 }\n";
+    let project = Project::new(
+        &[
+            ("flows/f.yaml", flow),
+            (
+                "connections/wh.yaml",
+                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
+            ),
+        ],
+        Some(&receiver),
+    );
+    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
+    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
+    let ferry = Ferry::start(&project);
+    receiver.fail_next([Fault::Empty(202)]);
+    let run = ferry.run_event("/in", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][0]["output"]["status"], 202);
+    assert_eq!(run["steps"][0]["output"]["body"], serde_json::Value::Null);
+    // An empty 500 is still a failure, by its status.
+    receiver.fail_next([Fault::Empty(500)]);
+    let run = ferry.run_event("/in", &json!({})).await;
+    assert_ne!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["error"]["status"], 500, "{run:#}");
+}
