@@ -51,6 +51,10 @@ pub enum OpenApiError {
     Version { path: String, version: String },
     #[error("unresolvable reference `{0}`")]
     Ref(String),
+    #[error(
+        "reference `{0}` leaves the spec's folder; a spec may refer only to files beside or below it"
+    )]
+    OutsideFolder(String),
 }
 
 /// Where a parameter goes.
@@ -162,6 +166,16 @@ impl Spec {
     pub fn load(path: &Path) -> Result<Spec, OpenApiError> {
         let doc = read_doc(path)?;
         let mut bundler = Bundler {
+            folder: path
+                .parent()
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    }
+                })
+                .and_then(|p| p.canonicalize().ok()),
             docs: HashMap::new(),
             bundled: Map::new(),
         };
@@ -181,6 +195,7 @@ impl Spec {
     pub fn parse(text: &str, shown: &str) -> Result<Spec, OpenApiError> {
         let mut doc = parse_text(text, shown)?;
         let mut bundler = Bundler {
+            folder: None,
             docs: HashMap::new(),
             bundled: Map::new(),
         };
@@ -351,6 +366,9 @@ pub fn parse_text(text: &str, shown: &str) -> Result<Json, OpenApiError> {
 
 /// Rewrites external references into local ones under `#/x-ferry-bundled/<n>`.
 struct Bundler {
+    /// The root spec's folder (canonical): referenced files must lie below it, so a spec from
+    /// elsewhere cannot pull any file of the machine into the project's copy.
+    folder: Option<PathBuf>,
     /// Canonical file path → bundle key.
     docs: HashMap<PathBuf, String>,
     bundled: Map<String, Json>,
@@ -408,6 +426,13 @@ impl Bundler {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        if !self
+            .folder
+            .as_ref()
+            .is_some_and(|f| canonical.starts_with(f))
+        {
+            return Err(OpenApiError::OutsideFolder(target.to_owned()));
+        }
         if let Some(key) = self.docs.get(&canonical) {
             return Ok(key.clone());
         }
@@ -737,6 +762,30 @@ mod tests {
             spec.base_url(None).as_deref(),
             Some("https://sandbox.billing.example.com/v1")
         );
+    }
+
+    #[test]
+    fn references_may_not_leave_the_specs_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = dir.path().join("specs");
+        std::fs::create_dir_all(specs.join("parts")).unwrap();
+        std::fs::write(dir.path().join("outside.yaml"), "secret: value\n").unwrap();
+        std::fs::write(specs.join("parts/ok.yaml"), "type: string\n").unwrap();
+        let spec = |r: &str| {
+            format!(
+                "openapi: 3.1.0\ninfo: {{ title: t, version: '1' }}\npaths:\n  /a:\n    get:\n      operationId: a\n      responses:\n        '200':\n          description: ok\n          content:\n            application/json:\n              schema: {{ $ref: '{r}' }}\n"
+            )
+        };
+        let main = specs.join("main.yaml");
+        std::fs::write(&main, spec("parts/ok.yaml")).unwrap();
+        assert!(Spec::load(&main).is_ok());
+        for r in ["../outside.yaml", "/etc/hostname"] {
+            std::fs::write(&main, spec(r)).unwrap();
+            match Spec::load(&main) {
+                Err(OpenApiError::OutsideFolder(t)) => assert_eq!(t, r),
+                other => panic!("{r}: {other:?}"),
+            }
+        }
     }
 
     #[test]
