@@ -43,8 +43,14 @@ pub(super) fn run(args: WsdlArgs) -> anyhow::Result<i32> {
     {
         bail!("invalid connection id `{id}`: use letters, digits, `-` and `_` (pass --id)");
     }
-    let Some(address) = wsdl.addresses.first().cloned() else {
-        bail!("the WSDL gives no service address (soap:address); nothing to put in base_url");
+    // Without a `soap:address` the endpoint comes from the environment, as for an OpenAPI
+    // spec without servers: the file still validates, and says what to set.
+    let address = match wsdl.addresses.first() {
+        Some(a) => a.clone(),
+        None => format!(
+            "{{ env: {} }}",
+            id.to_ascii_uppercase().replace('-', "_") + "_BASE_URL"
+        ),
     };
 
     let wsdl_rel = format!("wsdl/{id}.wsdl");

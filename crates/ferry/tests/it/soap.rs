@@ -468,3 +468,44 @@ async fn a_one_way_answer_without_an_envelope_succeeds_with_a_null_body() {
     assert_ne!(run["status"], "succeeded", "{run:#}");
     assert_eq!(run["error"]["status"], 500, "{run:#}");
 }
+
+#[test]
+fn import_wsdl_without_an_address_takes_the_endpoint_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read_to_string(repo().join("examples/order-to-erp/wsdl/erp.wsdl")).unwrap();
+    let start = full.find("  <service").unwrap();
+    let end = full.find("</service>").unwrap() + "</service>\n".len();
+    let wsdl = format!("{}{}", &full[..start], &full[end..]);
+    let file = dir.path().join("no-address.wsdl");
+    std::fs::write(&file, wsdl).unwrap();
+    let project = dir.path().join("p");
+    let out = Command::new(bin())
+        .args(["import", "wsdl"])
+        .arg(&file)
+        .args(["--id", "legacy-erp", "--out"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = std::fs::read_to_string(project.join("connections/legacy-erp.yaml")).unwrap();
+    assert!(
+        conn.contains("base_url: { env: LEGACY_ERP_BASE_URL }"),
+        "{conn}"
+    );
+    let check = Command::new(bin())
+        .arg("validate")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
