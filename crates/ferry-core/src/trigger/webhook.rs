@@ -22,7 +22,7 @@ pub enum BodyError {
     #[error("JSON nested deeper than {0} levels")]
     TooDeep(usize),
     #[error(
-        "unsupported content type `{0}`; expected `application/json`, `application/xml`, `application/x-www-form-urlencoded` or `text/*`"
+        "unsupported content type `{0}`; expected `application/json` (or `*+json`), `application/xml`, `text/xml` (or `*+xml`), `application/x-www-form-urlencoded` or `text/*`"
     )]
     UnsupportedMediaType(String),
     #[error("body is not valid UTF-8")]

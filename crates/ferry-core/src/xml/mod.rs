@@ -91,6 +91,7 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<roxmltree::Document<'
     };
     let doc = roxmltree::Document::parse_with_options(text, options)
         .map_err(|e| from_roxmltree(text, e, limits))?;
+    bad_char_reference(text)?;
     let root = doc.root_element();
     if has_doctype(&text[..root.range().start]) {
         return Err(XmlError::Dtd);
@@ -112,6 +113,50 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<roxmltree::Document<'
         );
     }
     Ok(doc)
+}
+
+/// A character reference to something XML cannot carry (`&#xD800;`, a surrogate; `&#x110000;`,
+/// beyond Unicode) is not well-formed; roxmltree refuses some and turns others into U+FFFD.
+/// Refuse them all, where they are.
+fn bad_char_reference(text: &str) -> Result<(), XmlError> {
+    if !text.contains("&#") {
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        // Literal text: a `&#` inside these is not a reference.
+        let literal = [("<![CDATA[", "]]>"), ("<!--", "-->"), ("<?", "?>")]
+            .into_iter()
+            .find(|(open, _)| rest.starts_with(open));
+        if let Some((open, close)) = literal {
+            i += rest[open.len()..]
+                .find(close)
+                .map_or(rest.len(), |e| open.len() + e + close.len());
+            continue;
+        }
+        if rest.starts_with("&#") {
+            if let Some(end) = rest.find(';') {
+                let body = &rest[2..end];
+                let n = match body.strip_prefix('x') {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => body.parse::<u32>().ok(),
+                };
+                if !n.and_then(char::from_u32).is_some_and(write::is_xml_char) {
+                    let (line, col) = line_col(text, i);
+                    return Err(XmlError::Malformed {
+                        line,
+                        col,
+                        message: format!("`&#{body};` is not a character XML can carry"),
+                    });
+                }
+            }
+            i += 2;
+            continue;
+        }
+        i += rest.chars().next().map_or(1, char::len_utf8);
+    }
+    Ok(())
 }
 
 fn from_roxmltree(text: &str, e: roxmltree::Error, limits: &Limits) -> XmlError {

@@ -534,3 +534,20 @@ fn a_schema_order_puts_children_in_sequence_and_the_rest_after() {
     write_element(&mut plain, "order", &value, None).unwrap();
     assert!(plain.starts_with("<order v=\"1\"><email>"), "{plain}");
 }
+
+#[test]
+fn character_references_to_what_xml_cannot_carry_are_refused_where_they_are() {
+    for bad in ["&#xD800;", "&#x110000;", "&#55296;"] {
+        let doc = format!("<a>\n  <b>{bad}</b>\n</a>");
+        match to_json(doc.as_bytes(), &Limits::default(), &Untyped) {
+            Err(XmlError::Malformed { line, col, message }) => {
+                assert_eq!((line, col), (2, 6), "{bad}: {message}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Fine: real characters, and `&#` where it is not a reference.
+    let ok = "<a x=\"&#x41;\">&#233;<![CDATA[&#xD800;]]><!-- &#xD800; --></a>";
+    let v = to_json(ok.as_bytes(), &Limits::default(), &Untyped).unwrap();
+    assert_eq!(v["a"]["@x"], "A");
+}
