@@ -494,9 +494,11 @@ impl Soap {
                 stop: false,
             });
         }
-        let Ok(text) = std::str::from_utf8(&reply.bytes) else {
-            return Err(bad(reply, "the SOAP response is not UTF-8".into()));
+        let decoded = match decode(&reply) {
+            Ok(t) => t,
+            Err(m) => return Err(bad(reply, m)),
         };
+        let text = decoded.as_ref();
         let limits = xml::Limits {
             max_bytes: usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX),
             ..xml::Limits::default()
@@ -573,6 +575,44 @@ fn render_escaped(t: &Template, ctx: &Val) -> Result<String, EvalError> {
         Template::Literal(v) => Ok(scalar_text(v)),
         other => Ok(value(other.render(ctx)?)),
     }
+}
+
+/// The response as text: UTF-8, or the charset the `Content-Type` or the XML declaration
+/// names (legacy servers answer ISO-8859-1 or windows-1252).
+fn decode(reply: &call::Reply) -> Result<std::borrow::Cow<'_, str>, String> {
+    if let Ok(t) = std::str::from_utf8(&reply.bytes) {
+        return Ok(std::borrow::Cow::Borrowed(t));
+    }
+    let from_header = reply
+        .headers
+        .get("content-type")
+        .and_then(Json::as_str)
+        .and_then(|ct| {
+            ct.split(';')
+                .find_map(|p| p.trim().strip_prefix("charset="))
+                .map(|c| c.trim_matches('"').to_owned())
+        });
+    let from_decl = || {
+        let head = String::from_utf8_lossy(&reply.bytes[..reply.bytes.len().min(200)]).into_owned();
+        let decl = head.strip_prefix("<?xml")?.split("?>").next()?.to_owned();
+        let at = decl.find("encoding=")? + "encoding=".len();
+        let quote = decl[at..].chars().next()?;
+        let rest = &decl[at + 1..];
+        Some(rest[..rest.find(quote)?].to_owned())
+    };
+    let label = from_header
+        .or_else(from_decl)
+        .ok_or_else(|| "the SOAP response is not UTF-8 and names no other charset".to_owned())?;
+    let encoding = encoding_rs::Encoding::for_label(label.as_bytes())
+        .ok_or_else(|| format!("the SOAP response's charset `{label}` is unknown"))?;
+    let (text, _, errors) = encoding.decode(&reply.bytes);
+    if errors {
+        return Err(format!(
+            "the SOAP response is not valid {}",
+            encoding.name()
+        ));
+    }
+    Ok(std::borrow::Cow::Owned(text.into_owned()))
 }
 
 /// What the WSDL's schema says below a message element: for the response, the types of the
@@ -664,6 +704,40 @@ impl xml::Types for SchemaPaths<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(content_type: &str, bytes: &[u8]) -> call::Reply {
+        let mut headers = serde_json::Map::new();
+        headers.insert("content-type".into(), content_type.into());
+        call::Reply {
+            status: 200,
+            headers,
+            media_type: None,
+            bytes: bytes.to_vec(),
+            retry_after: None,
+            request: Json::Null,
+        }
+    }
+
+    #[test]
+    fn legacy_charsets_are_decoded_by_the_header_or_the_declaration() {
+        // "Müller" in ISO-8859-1: ü is the single byte 0xFC.
+        let latin1 = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><n>M\xfcller</n>";
+        assert!(
+            decode(&reply("text/xml", latin1))
+                .unwrap()
+                .contains("Müller")
+        );
+        let bare = b"<n>M\xfcller</n>";
+        assert!(
+            decode(&reply("text/xml; charset=iso-8859-1", bare))
+                .unwrap()
+                .contains("Müller")
+        );
+        let e = decode(&reply("text/xml", bare)).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+        let e = decode(&reply("text/xml; charset=klingon", bare)).unwrap_err();
+        assert!(e.contains("`klingon` is unknown"), "{e}");
+    }
     use serde_json::json;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wsdl");
