@@ -32,7 +32,7 @@ use super::{CompileCx, ErrorKind, Step, StepCx, StepDef, StepError, StepOutput};
 use crate::connection::Connection;
 use crate::diag::Pos;
 use crate::expr::Template;
-use crate::flow::node::{Node, Spanned};
+use crate::flow::node::{Node, Spanned, Value};
 
 pub(super) const DEF: StepDef = StepDef {
     kind: "graphql",
@@ -251,6 +251,23 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
     let path = t(&c.path, cx);
     let variables = t(&c.variables, cx);
     let headers = t(&c.headers, cx);
+    // A mapping, or one `{{ expr }}` that renders to one; anything else written literally
+    // can only fail when it runs.
+    for (key, node) in [("variables", &c.variables), ("headers", &c.headers)] {
+        if let Some(n) = node
+            && !matches!(&n.value, Value::Map(_) | Value::Null)
+            && !matches!(&n.value, Value::Str(s) if s.contains("{{"))
+        {
+            cx.error(
+                n.pos,
+                format!("`{key}` must be an object"),
+                Some(format!(
+                    "e.g. `{key}: {{ name: '{{{{ .event.body.name }}}}' }}`"
+                )),
+            );
+            ok = false;
+        }
+    }
     if !ok {
         return None;
     }
@@ -1177,6 +1194,24 @@ mod tests {
     graphql: { connection: shop, query: '{ viewer { id } } fragment F on User { id }' }
 ";
         assert_eq!(compile_errors(steps), "");
+    }
+
+    #[test]
+    fn variables_and_headers_written_as_anything_but_an_object_are_located() {
+        let steps = "\
+  - id: a
+    graphql: { connection: shop, query: '{ x }', variables: [1, 2] }
+  - id: b
+    graphql: { connection: shop, query: '{ x }', headers: 'nope' }
+  - id: c
+    graphql: { connection: shop, query: '{ x }', variables: '{{ .event.body }}' }
+";
+        insta::assert_snapshot!(compile_errors(steps), @r"
+        f.yaml:5:61: error: `variables` must be an object
+          hint: e.g. `variables: { name: '{{ .event.body.name }}' }`
+        f.yaml:7:59: error: `headers` must be an object
+          hint: e.g. `headers: { name: '{{ .event.body.name }}' }`
+        ");
     }
 
     #[test]
