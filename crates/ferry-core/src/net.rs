@@ -25,6 +25,17 @@ pub struct Refused {
     pub why: &'static str,
 }
 
+/// A redirect to another host refused because the request carries a connection's
+/// credentials in headers that would travel with it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "redirected from {from} to {to}: the connection's credentials are not sent to another host; set `redirects: none` to read the `Location` instead"
+)]
+pub struct LeftHost {
+    pub from: String,
+    pub to: String,
+}
+
 /// Why `ip` is internal, or `None` for a public address.
 pub fn internal(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -85,9 +96,10 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
 #[derive(Debug, Clone, Default)]
 pub struct NetPolicy {
     allow: Vec<IpNet>,
-    /// Clients with a `redirects:` setting other than the default, built on first use and
-    /// kept (a client owns a connection pool), keyed by (guarded, max redirects).
-    redirect_clients: Arc<Mutex<HashMap<(bool, usize), reqwest::Client>>>,
+    /// Clients with a `redirects:` setting other than the default, or pinned to their first
+    /// host, built on first use and kept (a client owns a connection pool), keyed by
+    /// (kind, max redirects).
+    redirect_clients: Arc<Mutex<HashMap<(ClientKind, usize), reqwest::Client>>>,
 }
 
 impl NetPolicy {
@@ -101,19 +113,34 @@ impl NetPolicy {
     /// The shared client ([`client`] or, when `guarded`, [`guarded_client`]) that follows at
     /// most `max` redirects.
     pub fn client_with_redirects(&self, guarded: bool, max: usize) -> reqwest::Client {
+        let kind = match guarded {
+            true => ClientKind::Guarded,
+            false => ClientKind::Plain,
+        };
+        self.cached(kind, max)
+    }
+
+    /// [`client`] following at most `max` redirects, none to another host: for requests
+    /// that carry credentials in headers a client does not drop on such a redirect.
+    pub fn pinned_client(&self, max: usize) -> reqwest::Client {
+        self.cached(ClientKind::Pinned, max)
+    }
+
+    fn cached(&self, kind: ClientKind, max: usize) -> reqwest::Client {
         let mut clients = self
             .redirect_clients
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         clients
-            .entry((guarded, max))
+            .entry((kind, max))
             .or_insert_with(|| {
                 // A fresh policy without this cache: the client holds it, and a client inside
                 // its own policy's cache would never be freed.
                 let policy = Arc::new(NetPolicy::new(self.allow.clone()));
-                match guarded {
-                    true => guarded_client_with_redirects(policy, max),
-                    false => client_with_redirects(policy, max),
+                match kind {
+                    ClientKind::Guarded => guarded_client_with_redirects(policy, max),
+                    ClientKind::Plain => redirecting_client(policy, max, false),
+                    ClientKind::Pinned => redirecting_client(policy, max, true),
                 }
             })
             .clone()
@@ -196,6 +223,17 @@ pub fn client(policy: Arc<NetPolicy>) -> reqwest::Client {
 
 /// [`client`] following at most `max` redirects (0: a 3xx is the answer).
 pub fn client_with_redirects(policy: Arc<NetPolicy>, max: usize) -> reqwest::Client {
+    redirecting_client(policy, max, false)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientKind {
+    Plain,
+    Guarded,
+    Pinned,
+}
+
+fn redirecting_client(policy: Arc<NetPolicy>, max: usize, pinned: bool) -> reqwest::Client {
     builder()
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if max == 0 {
@@ -205,10 +243,15 @@ pub fn client_with_redirects(policy: Arc<NetPolicy>, max: usize) -> reqwest::Cli
                 return attempt.error(format!("more than {max} redirects"));
             }
             let first = attempt.previous().first().and_then(|u| u.host_str());
-            if attempt.url().host_str() != first
-                && let Err(e) = policy.check_url(attempt.url())
-            {
-                return attempt.error(e);
+            if attempt.url().host_str() != first {
+                if pinned {
+                    let from = first.unwrap_or("").to_owned();
+                    let to = attempt.url().host_str().unwrap_or("").to_owned();
+                    return attempt.error(LeftHost { from, to });
+                }
+                if let Err(e) = policy.check_url(attempt.url()) {
+                    return attempt.error(e);
+                }
             }
             attempt.follow()
         }))
@@ -248,6 +291,9 @@ pub fn refusal(e: &reqwest::Error) -> Option<String> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<Refused>() {
+            return Some(r.to_string());
+        }
+        if let Some(r) = s.downcast_ref::<LeftHost>() {
             return Some(r.to_string());
         }
         src = s.source();

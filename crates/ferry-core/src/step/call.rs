@@ -209,10 +209,24 @@ pub(super) async fn send_with(
         .or(out.connection.map(|c| c.redirects))
         .unwrap_or(DEFAULT_REDIRECTS);
     let custom = redirects != DEFAULT_REDIRECTS;
+    // Credentials in headers other than `Authorization` (an API key header, a secret
+    // header) would follow a redirect to another host: such requests do not follow one.
+    let pinned = out.connection.is_some_and(|c| {
+        c.auth.as_deref().is_some_and(|a| a.in_custom_header())
+            || c.headers.iter().any(|(name, source)| {
+                let name = name.to_ascii_lowercase();
+                (source.is_sensitive() || MASKED_HEADERS.contains(&name.as_str()))
+                    && !matches!(
+                        name.as_str(),
+                        "authorization" | "cookie" | "proxy-authorization"
+                    )
+            })
+    });
     let http = match out.connection {
         // A `tls:` connection's own client already follows the connection's `redirects:`
         // (the http step refuses a step-level override there).
         Some(c) if c.tls.is_some() => c.client_for(&cx.http),
+        Some(_) if pinned => cx.net_policy.pinned_client(redirects),
         Some(_) if custom => cx.net_policy.client_with_redirects(false, redirects),
         Some(c) => c.client_for(&cx.http),
         None if out.guarded => {

@@ -753,3 +753,44 @@ async fn a_listing_whose_next_page_was_fetched_already_fails_instead_of_looping(
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("`max_pages` is at most 10000"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_secret_header_is_not_carried_to_another_host_by_a_redirect() {
+    use crate::harness::{Fault, Receiver};
+    let receiver = Receiver::start().await;
+    let port = receiver.addr.port();
+    let conn = "id: keyed\nbase_url: '@RECEIVER@'\nheaders: { X-Api-Key: { env: HEADER_KEY } }\nretry: { attempts: 3, initial: 10ms, max: 20ms }\n";
+    let project = Project::new(
+        &[
+            ("connections/keyed.yaml", conn),
+            (
+                "flows/k.yaml",
+                flow(
+                    "k",
+                    "  - id: get\n    http: { connection: keyed, path: /start }\n",
+                )
+                .as_str(),
+            ),
+        ],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_env_args(
+        &project,
+        &[("HEADER_KEY", "header-Secret-4242")],
+        &["--allow-network", "127.0.0.0/8"],
+    );
+    // To another host (`localhost`, not `127.0.0.1`): refused, once, with the reason.
+    receiver.fail_next([Fault::Redirect(format!("http://localhost:{port}/landed"))]);
+    let run = ferry.run_event("/k", &json!({})).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let msg = run["steps"][0]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("not sent to another host"), "{msg}");
+    assert_eq!(run["steps"][0]["attempts"], 1, "{run:#}");
+    assert!(receiver.requests_to("/landed").is_empty());
+    // On the same host a redirect is followed, key and all.
+    receiver.fail_next([Fault::Redirect("/same-host".into())]);
+    let run = ferry.run_event("/k", &json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let landed = receiver.requests_to("/same-host");
+    assert_eq!(landed[0].header("x-api-key"), "header-Secret-4242");
+}

@@ -162,6 +162,21 @@ enum KeyPlace {
     Query(String),
 }
 
+impl Auth {
+    /// True when the credential travels in a header other than `Authorization`, which an
+    /// HTTP client does not drop by itself on a redirect to another host.
+    pub fn in_custom_header(&self) -> bool {
+        match &self.kind {
+            Kind::ApiKey {
+                place: KeyPlace::Header(h),
+                ..
+            } => *h != AUTHORIZATION,
+            Kind::Jwt(j) => j.header != AUTHORIZATION,
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth").field("kind", &self.kind()).finish()
