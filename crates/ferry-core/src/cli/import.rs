@@ -108,29 +108,19 @@ async fn openapi(source: &str, id: Option<String>, out: &Path, force: bool) -> a
 }
 
 async fn fetch(url: &str) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .user_agent(crate::step::USER_AGENT)
-        .timeout(std::time::Duration::from_secs(60))
-        .build()?;
-    let resp = client
-        .get(url)
-        .send()
+    use crate::util::FetchError;
+    let max = crate::openapi::MAX_SPEC_BYTES;
+    crate::util::fetch_text(url, max, std::time::Duration::from_secs(60))
         .await
-        .with_context(|| format!("cannot fetch `{url}`"))?;
-    if !resp.status().is_success() {
-        bail!("cannot fetch `{url}`: HTTP {}", resp.status());
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .with_context(|| format!("cannot fetch `{url}`"))?;
-    if bytes.len() > crate::openapi::MAX_SPEC_BYTES {
-        bail!(
-            "`{url}` is larger than {} bytes",
-            crate::openapi::MAX_SPEC_BYTES
-        );
-    }
-    String::from_utf8(bytes.to_vec()).with_context(|| format!("`{url}` is not UTF-8 text"))
+        .map_err(|e| match e {
+            FetchError::Transport(m) => anyhow::anyhow!("cannot fetch `{url}`: {m}"),
+            FetchError::Status(s) => match reqwest::StatusCode::from_u16(s) {
+                Ok(code) => anyhow::anyhow!("cannot fetch `{url}`: HTTP {code}"),
+                Err(_) => anyhow::anyhow!("cannot fetch `{url}`: HTTP {s}"),
+            },
+            FetchError::TooLarge => anyhow::anyhow!("`{url}` is larger than {max} bytes"),
+            FetchError::NotUtf8 => anyhow::anyhow!("`{url}` is not UTF-8 text"),
+        })
 }
 
 /// `Acme CRM` → `acme-crm`; an empty title falls back to the file name.

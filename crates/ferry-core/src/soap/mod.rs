@@ -39,31 +39,15 @@ pub fn fetch(url: &str) -> Result<String, String> {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .user_agent(crate::step::USER_AGENT)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let mut resp = client.get(&url).send().await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                msg
-            })?;
-            if !resp.status().is_success() {
-                return Err(format!("GET {url} answered {}", resp.status().as_u16()));
-            }
-            let mut buf = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-                if buf.len() + chunk.len() > MAX_WSDL_BYTES {
-                    return Err(format!("larger than {MAX_WSDL_BYTES} bytes"));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            String::from_utf8(buf).map_err(|_| "the WSDL is not UTF-8".to_owned())
+            use crate::util::FetchError;
+            crate::util::fetch_text(&url, MAX_WSDL_BYTES, FETCH_TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    FetchError::Transport(m) => m,
+                    FetchError::Status(s) => format!("GET {url} answered {s}"),
+                    FetchError::TooLarge => format!("larger than {MAX_WSDL_BYTES} bytes"),
+                    FetchError::NotUtf8 => "the WSDL is not UTF-8".to_owned(),
+                })
         })
     })
     .join()
