@@ -681,29 +681,9 @@ async fn a_redirect_limit_keeps_the_ssrf_checks_on_every_hop() {
 
 #[tokio::test]
 async fn a_redirect_to_another_host_carries_no_referer_with_query_credentials() {
-    use crate::harness::{Fault, Receiver};
-    let receiver = Receiver::start().await;
+    use crate::harness::Fault;
+    let (receiver, _project, ferry) = keyed_connection("id: keyed\nbase_url: '@RECEIVER@'\nauth: { api_key: { query: api_key, value: { env: QUERY_KEY } } }\nretry: { attempts: 1 }\n", ("QUERY_KEY", "query-Secret-31337")).await;
     let port = receiver.addr.port();
-    let conn = "id: keyed\nbase_url: '@RECEIVER@'\nauth: { api_key: { query: api_key, value: { env: QUERY_KEY } } }\nretry: { attempts: 1 }\n";
-    let project = Project::new(
-        &[
-            ("connections/keyed.yaml", conn),
-            (
-                "flows/k.yaml",
-                flow(
-                    "k",
-                    "  - id: get\n    http: { connection: keyed, path: /start }\n",
-                )
-                .as_str(),
-            ),
-        ],
-        Some(&receiver),
-    );
-    let ferry = Ferry::start_env_args(
-        &project,
-        &[("QUERY_KEY", "query-Secret-31337")],
-        &["--allow-network", "127.0.0.0/8"],
-    );
     // `localhost` is another host than the connection's `127.0.0.1`.
     receiver.fail_next([Fault::Redirect(format!("http://localhost:{port}/landed"))]);
     let run = ferry.run_event("/k", &json!({})).await;
@@ -756,29 +736,9 @@ async fn a_listing_whose_next_page_was_fetched_already_fails_instead_of_looping(
 
 #[tokio::test]
 async fn a_secret_header_is_not_carried_to_another_host_by_a_redirect() {
-    use crate::harness::{Fault, Receiver};
-    let receiver = Receiver::start().await;
+    use crate::harness::Fault;
+    let (receiver, _project, ferry) = keyed_connection("id: keyed\nbase_url: '@RECEIVER@'\nheaders: { X-Api-Key: { env: HEADER_KEY } }\nretry: { attempts: 3, initial: 10ms, max: 20ms }\n", ("HEADER_KEY", "header-Secret-4242")).await;
     let port = receiver.addr.port();
-    let conn = "id: keyed\nbase_url: '@RECEIVER@'\nheaders: { X-Api-Key: { env: HEADER_KEY } }\nretry: { attempts: 3, initial: 10ms, max: 20ms }\n";
-    let project = Project::new(
-        &[
-            ("connections/keyed.yaml", conn),
-            (
-                "flows/k.yaml",
-                flow(
-                    "k",
-                    "  - id: get\n    http: { connection: keyed, path: /start }\n",
-                )
-                .as_str(),
-            ),
-        ],
-        Some(&receiver),
-    );
-    let ferry = Ferry::start_env_args(
-        &project,
-        &[("HEADER_KEY", "header-Secret-4242")],
-        &["--allow-network", "127.0.0.0/8"],
-    );
     // To another host (`localhost`, not `127.0.0.1`): refused, once, with the reason.
     receiver.fail_next([Fault::Redirect(format!("http://localhost:{port}/landed"))]);
     let run = ferry.run_event("/k", &json!({})).await;
@@ -793,4 +753,29 @@ async fn a_secret_header_is_not_carried_to_another_host_by_a_redirect() {
     assert_eq!(run["status"], "succeeded", "{run:#}");
     let landed = receiver.requests_to("/same-host");
     assert_eq!(landed[0].header("x-api-key"), "header-Secret-4242");
+}
+
+/// A receiver, and Ferry (allowed to reach loopback) with connection `keyed` (`conn`, with
+/// `@RECEIVER@`) and a flow `/k` that GETs its `/start`; `env` is set for the server.
+async fn keyed_connection(
+    conn: &str,
+    env: (&str, &str),
+) -> (crate::harness::Receiver, Project, Ferry) {
+    let receiver = crate::harness::Receiver::start().await;
+    let project = Project::new(
+        &[
+            ("connections/keyed.yaml", conn),
+            (
+                "flows/k.yaml",
+                flow(
+                    "k",
+                    "  - id: get\n    http: { connection: keyed, path: /start }\n",
+                )
+                .as_str(),
+            ),
+        ],
+        Some(&receiver),
+    );
+    let ferry = Ferry::start_env_args(&project, &[env], &["--allow-network", "127.0.0.0/8"]);
+    (receiver, project, ferry)
 }

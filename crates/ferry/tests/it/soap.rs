@@ -348,25 +348,11 @@ async fn a_written_envelope_escapes_event_data_and_takes_a_username_token() {
 #[tokio::test]
 async fn answers_that_are_not_soap_fail_by_their_status_and_leak_no_password() {
     let receiver = Receiver::start().await;
-    let wsdl = std::fs::read_to_string(
-        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
-    )
-    .unwrap();
-    let flow = format!(
-        "id: f\ntrigger: {{ webhook: {{ path: /in }} }}\nsteps:\n  - id: stock\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: {{ sku: A1 }}\n      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }} }}\n"
+    let project = warehouse_project(
+        &receiver,
+        &secured_flow(),
+        "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 2, initial: 10ms, max: 20ms }\n",
     );
-    let project = Project::new(
-        &[
-            ("flows/f.yaml", flow.as_str()),
-            (
-                "connections/wh.yaml",
-                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 2, initial: 10ms, max: 20ms }\n",
-            ),
-        ],
-        Some(&receiver),
-    );
-    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
-    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
     let ferry = Ferry::start_env(&project, &[("SOAP_PW", PASSWORD)]);
 
     // A 503 error page that echoes the request (password included) is retried as a 503, and
@@ -404,25 +390,11 @@ async fn a_password_with_xml_special_characters_is_masked_in_its_escaped_form_to
     const SPECIAL: &str = "p&ss<word>X9-secret";
     const ESCAPED: &str = "p&amp;ss&lt;word&gt;X9-secret";
     let receiver = Receiver::start().await;
-    let wsdl = std::fs::read_to_string(
-        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
-    )
-    .unwrap();
-    let flow = format!(
-        "id: f\ntrigger: {{ webhook: {{ path: /in }} }}\nsteps:\n  - id: stock\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: {{ sku: A1 }}\n      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }} }}\n"
+    let project = warehouse_project(
+        &receiver,
+        &secured_flow(),
+        "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
     );
-    let project = Project::new(
-        &[
-            ("flows/f.yaml", flow.as_str()),
-            (
-                "connections/wh.yaml",
-                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
-            ),
-        ],
-        Some(&receiver),
-    );
-    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
-    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
     let ferry = Ferry::start_env(&project, &[("SOAP_PW", SPECIAL)]);
 
     // An error page that echoes the envelope: the password arrives XML-escaped.
@@ -439,23 +411,12 @@ async fn a_password_with_xml_special_characters_is_masked_in_its_escaped_form_to
 #[tokio::test]
 async fn a_one_way_answer_without_an_envelope_succeeds_with_a_null_body() {
     let receiver = Receiver::start().await;
-    let wsdl = std::fs::read_to_string(
-        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
-    )
-    .unwrap();
     let flow = "id: f\ntrigger: { webhook: { path: /in } }\nsteps:\n  - id: ping\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: { sku: A1 }\n";
-    let project = Project::new(
-        &[
-            ("flows/f.yaml", flow),
-            (
-                "connections/wh.yaml",
-                "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
-            ),
-        ],
-        Some(&receiver),
+    let project = warehouse_project(
+        &receiver,
+        flow,
+        "id: wh\nbase_url: '@RECEIVER@/soap'\nretry: { attempts: 1 }\n",
     );
-    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
-    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
     let ferry = Ferry::start(&project);
     receiver.fail_next([Fault::Empty(202)]);
     let run = ferry.run_event("/in", &json!({})).await;
@@ -508,4 +469,27 @@ fn import_wsdl_without_an_address_takes_the_endpoint_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+/// A project with the warehouse fixture WSDL at `wsdl/w.wsdl`, `flow` as `flows/f.yaml`, and
+/// `connection` (with `@RECEIVER@`) as `connections/wh.yaml`.
+fn warehouse_project(receiver: &Receiver, flow: &str, connection: &str) -> Project {
+    let wsdl = std::fs::read_to_string(
+        repo().join("crates/ferry-core/tests/fixtures/wsdl/warehouse.wsdl"),
+    )
+    .unwrap();
+    let project = Project::new(
+        &[("flows/f.yaml", flow), ("connections/wh.yaml", connection)],
+        Some(receiver),
+    );
+    std::fs::create_dir_all(project.path().join("wsdl")).unwrap();
+    std::fs::write(project.path().join("wsdl/w.wsdl"), wsdl).unwrap();
+    project
+}
+
+/// `GetStock` through connection `wh`, with a UsernameToken whose password is `$SOAP_PW`.
+fn secured_flow() -> String {
+    format!(
+        "id: f\ntrigger: {{ webhook: {{ path: /in }} }}\nsteps:\n  - id: stock\n    soap:\n      connection: wh\n      wsdl: wsdl/w.wsdl\n      operation: GetStock\n      body: {{ sku: A1 }}\n      ws_security: {{ username: {USER}, password: {{ env: SOAP_PW }} }}\n"
+    )
 }
