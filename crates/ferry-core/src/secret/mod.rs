@@ -413,6 +413,14 @@ impl Vault {
             .cloned()
             .collect();
         all.extend(self.derived.read().expect("vault").iter().cloned());
+        // A value sent in XML (a SOAP envelope, an XML body) travels escaped, and an upstream
+        // echoes it that way.
+        let escaped: Vec<_> = all
+            .iter()
+            .filter(|v| v.contains(['&', '<', '>', '"', '\'']))
+            .map(|v| Arc::new(Zeroizing::new(crate::xml::escape(v))))
+            .collect();
+        all.extend(escaped);
         // Longest first, so a secret that contains another is masked whole.
         all.sort_by_key(|v| std::cmp::Reverse(v.len()));
         all

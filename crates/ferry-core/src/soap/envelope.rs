@@ -2,6 +2,7 @@
 //! optional WS-Security UsernameToken header) and reading a response (the Body's element, or
 //! a Fault).
 
+pub use crate::xml::escape;
 use base64::Engine as _;
 use roxmltree::Node;
 use serde_json::{Value as Json, json};
@@ -256,22 +257,6 @@ fn body_element(req: &Request) -> Result<String, String> {
             .map_err(|e| e.to_string())?,
     }
     Ok(out)
-}
-
-/// Escapes text for an XML element or a double-quoted attribute.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A SOAP Fault, 1.1 or 1.2, as a step error shows it.

@@ -23,7 +23,7 @@ use serde_json::{Map, Number, Value as Json};
 
 mod write;
 
-pub use write::{Order, Unordered, WriteError, write_element, write_element_ordered};
+pub use write::{Order, Unordered, WriteError, escape, write_element, write_element_ordered};
 
 /// The namespace of `xsi:nil`.
 pub const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
