@@ -130,6 +130,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
         dedupe: None,
         now_ms: now,
         lease: None,
+        steps: Vec::new(),
+        update: crate::store::RunUpdate::Continue,
     };
     if store.ingest(new).await? != Ingested::Created(run_id.clone()) {
         bail!("could not queue the run");

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Value as Json, json};
 
 use super::Engine;
@@ -121,55 +123,23 @@ enum Next {
     Stop(RunUpdate),
 }
 
-impl Engine {
-    pub(crate) async fn execute(&self, run: ClaimedRun) {
-        let run_id = run.id.clone();
-        let Some(flow) = self.project.flow(&run.flow).cloned() else {
-            let error = json!({"kind": "config", "message": format!("flow `{}` is not loaded on this node", run.flow)});
-            self.fail_run(&run_id, error).await;
-            return;
-        };
-        match self.execute_flow(&flow, run).await {
-            Ok(()) => {}
-            // Another worker holds the run now: its results win, nothing to undo.
-            Err(crate::store::StoreError::Conflict(e)) => {
-                tracing::warn!(run = %run_id, error = %e, "run taken over by another worker");
-            }
-            Err(e) => {
-                // The store failed: hand the run back to the queue (a little later) rather
-                // than keep a lease that lease renewal would extend forever.
-                tracing::error!(run = %run_id, error = %e, "run stopped: its result could not be stored; it goes back to the queue");
-                let next_at_ms = self.clock.now_ms() + 5_000;
-                self.write(&run_id, Vec::new(), RunUpdate::Retry { next_at_ms })
-                    .await;
-                self.note_due(next_at_ms);
-            }
-        }
-    }
+/// A run's progress while it executes: its expression context, the steps already done, and
+/// the results of steps that only compute, waiting to be committed with the next write.
+pub struct RunState {
+    outputs: crate::expr::RunContext,
+    done: HashSet<String>,
+    prior_attempts: HashMap<String, u32>,
+    pending: Vec<StepRow>,
+}
 
-    async fn execute_flow(
-        &self,
-        flow: &Arc<Flow>,
-        run: ClaimedRun,
-    ) -> Result<(), crate::store::StoreError> {
-        let _redacting = match RunRedaction::new(flow, &run.event) {
-            Some(r) => {
-                self.redacting
-                    .lock()
-                    .expect("redacting")
-                    .insert(run.id.clone(), Arc::new(r));
-                Some(Redacting {
-                    engine: self,
-                    run_id: run.id.clone(),
-                })
-            }
-            None => None,
-        };
+impl RunState {
+    /// A claimed run: its event as stored, and the steps it has done already (a resumed or
+    /// replayed run).
+    fn resume(run: &ClaimedRun) -> RunState {
         let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
         let mut outputs = crate::expr::RunContext::from_text(&run.event, &run_info);
-        // Results of steps already done (a resumed or replayed run).
-        let mut done = std::collections::HashSet::new();
-        let mut prior_attempts = std::collections::HashMap::new();
+        let mut done = HashSet::new();
+        let mut prior_attempts = HashMap::new();
         for row in &run.steps {
             match row.status {
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
@@ -181,31 +151,197 @@ impl Engine {
                 }
             }
         }
-        let mut pending: Vec<StepRow> = Vec::new();
+        RunState {
+            outputs,
+            done,
+            prior_attempts,
+            pending: Vec::new(),
+        }
+    }
+}
 
+/// What [`Engine::prepare`] did with a run being ingested: the flow's leading steps that only
+/// compute have run; their records go into the same write as the event.
+pub struct Prepared {
+    state: RunState,
+    redaction: Option<Arc<RunRedaction>>,
+    /// The records to store with the event, masked like any other write.
+    pub rows: Vec<StepRow>,
+    /// The run's state once they ran: `Continue` when steps that call out remain.
+    pub update: RunUpdate,
+    /// The event to store instead of the one received: its `redact:` paths masked, when the
+    /// run finished at once.
+    pub redacted_event: Option<String>,
+}
+
+impl Prepared {
+    /// True when the run ended during ingest (every step only computed, or one failed).
+    pub fn finished(&self) -> bool {
+        !matches!(self.update, RunUpdate::Continue)
+    }
+}
+
+/// Which steps a pass over the flow runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    /// Every step, to the run's end (or a retry wait).
+    End,
+    /// Only leading steps that compute in bounded time (`Step::inline`); stop before the first
+    /// other one.
+    FirstCall,
+}
+
+impl Engine {
+    pub(crate) async fn execute(&self, run: ClaimedRun) {
+        let Some(flow) = self.project.flow(&run.flow).cloned() else {
+            let error = json!({"kind": "config", "message": format!("flow `{}` is not loaded on this node", run.flow)});
+            self.fail_run(&run.id, error).await;
+            return;
+        };
+        let state = RunState::resume(&run);
+        let redaction = RunRedaction::new(&flow, &run.event).map(Arc::new);
+        self.execute_state(&flow, &run.id, state, redaction).await;
+    }
+
+    /// Runs the leading steps of `flow` that only compute (bounded `map` and `filter`) for an
+    /// event being ingested, so that their results are stored in the same write as the event:
+    /// a flow made only of such steps is done in one write, and one that calls out starts at
+    /// its first call. Nothing here has an effect outside Ferry, so a failed ingest loses
+    /// nothing. `event_text` is the event as it will be stored.
+    pub async fn prepare(
+        &self,
+        flow: &Arc<Flow>,
+        run_id: &str,
+        event: jaq_json::Val,
+        event_text: &str,
+    ) -> Prepared {
+        let run_info = json!({ "id": run_id, "flow": flow.id, "attempt": 1 });
+        let mut state = RunState {
+            outputs: crate::expr::RunContext::new(event, &run_info),
+            done: HashSet::new(),
+            prior_attempts: HashMap::new(),
+            pending: Vec::new(),
+        };
+        let redaction = RunRedaction::new(flow, event_text).map(Arc::new);
+        let update = match self
+            .run_steps(flow, run_id, &mut state, Until::FirstCall)
+            .await
+        {
+            Ok(Some(update)) => update,
+            // Only steps that call out commit during a pass; none ran.
+            Ok(None) | Err(_) => RunUpdate::Continue,
+        };
+        let mut rows = std::mem::take(&mut state.pending);
+        let mut update = update;
+        self.mask(redaction.as_deref(), &mut rows, &mut update);
+        let succeeded = matches!(
+            update,
+            RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                ..
+            }
+        );
+        let redacted_event = match &redaction {
+            Some(r) if succeeded => Some(r.event.clone()),
+            _ => None,
+        };
+        Prepared {
+            state,
+            redaction,
+            rows,
+            update,
+            redacted_event,
+        }
+    }
+
+    /// Goes on with a run that [`Engine::prepare`] started and the store took (already
+    /// leased to this node).
+    pub(crate) async fn execute_prepared(&self, flow: &Arc<Flow>, run_id: &str, p: Prepared) {
+        self.execute_state(flow, run_id, p.state, p.redaction).await;
+    }
+
+    async fn execute_state(
+        &self,
+        flow: &Arc<Flow>,
+        run_id: &str,
+        state: RunState,
+        redaction: Option<Arc<RunRedaction>>,
+    ) {
+        let _redacting = redaction.map(|r| {
+            self.redacting
+                .lock()
+                .expect("redacting")
+                .insert(run_id.to_owned(), r);
+            Redacting {
+                engine: self,
+                run_id: run_id.to_owned(),
+            }
+        });
+        match self.execute_flow(flow, run_id, state).await {
+            Ok(()) => {}
+            // Another worker holds the run now: its results win, nothing to undo.
+            Err(crate::store::StoreError::Conflict(e)) => {
+                tracing::warn!(run = %run_id, error = %e, "run taken over by another worker");
+            }
+            Err(e) => {
+                // The store failed: hand the run back to the queue (a little later) rather
+                // than keep a lease that lease renewal would extend forever.
+                tracing::error!(run = %run_id, error = %e, "run stopped: its result could not be stored; it goes back to the queue");
+                let next_at_ms = self.clock.now_ms() + 5_000;
+                self.write(run_id, Vec::new(), RunUpdate::Retry { next_at_ms })
+                    .await;
+                self.note_due(next_at_ms);
+            }
+        }
+    }
+
+    async fn execute_flow(
+        &self,
+        flow: &Arc<Flow>,
+        run_id: &str,
+        mut state: RunState,
+    ) -> Result<(), crate::store::StoreError> {
+        let update = self
+            .run_steps(flow, run_id, &mut state, Until::End)
+            .await?
+            // Every step was already done (a resumed run whose final write was lost).
+            .unwrap_or(RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                error: None,
+            });
+        self.commit(run_id, std::mem::take(&mut state.pending), update)
+            .await
+    }
+
+    /// Runs the steps not done yet, in order, committing before each step that calls out
+    /// starts. Returns the run's next state, to be committed with `state.pending`; `None` when
+    /// no step ended the run (every step done, or `FirstCall` reached a step that calls out).
+    async fn run_steps(
+        &self,
+        flow: &Arc<Flow>,
+        run_id: &str,
+        state: &mut RunState,
+        until: Until,
+    ) -> Result<Option<RunUpdate>, crate::store::StoreError> {
         for (i, step) in flow.steps.iter().enumerate() {
-            if done.contains(&step.id) {
+            if state.done.contains(&step.id) {
                 continue;
             }
+            if until == Until::FirstCall
+                && !(step.step.inline() && step.when.as_ref().is_none_or(|w| w.is_bounded()))
+            {
+                return Ok(None);
+            }
             let last = i + 1 == flow.steps.len();
-            let ctx = outputs.val();
+            let ctx = state.outputs.val();
             let started = self.clock.now_ms();
-            let attempt = prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
+            let attempt = state.prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
 
             let next = match self.guard(step, &ctx).await {
                 Ok(true) => {
-                    let result = self.attempt(step, &run.id, ctx).await;
-                    self.outcome(
-                        step,
-                        &run.id,
-                        attempt,
-                        started,
-                        result,
-                        &mut outputs,
-                        &mut pending,
-                        last,
-                    )
-                    .await?
+                    let result = self.attempt(step, run_id, ctx).await;
+                    self.outcome(step, run_id, attempt, started, result, state, last)
+                        .await?
                 }
                 Ok(false) => {
                     let row = row(
@@ -217,9 +353,9 @@ impl Engine {
                         None,
                         None,
                     );
-                    self.report(&run.id, step, &row, None);
-                    outputs.set_step(&step.id, &Json::Null);
-                    pending.push(row);
+                    self.report(run_id, step, &row, None);
+                    state.outputs.set_step(&step.id, &Json::Null);
+                    state.pending.push(row);
                     if last {
                         Next::Stop(RunUpdate::Finish {
                             status: RunStatus::Succeeded,
@@ -232,35 +368,16 @@ impl Engine {
                 Err(e) => {
                     let e =
                         StepError::new(ErrorKind::Expression, format!("in `if`: {}", e.message));
-                    self.outcome(
-                        step,
-                        &run.id,
-                        attempt,
-                        started,
-                        Err(e),
-                        &mut outputs,
-                        &mut pending,
-                        last,
-                    )
-                    .await?
+                    self.outcome(step, run_id, attempt, started, Err(e), state, last)
+                        .await?
                 }
             };
+            state.done.insert(step.id.clone());
             if let Next::Stop(update) = next {
-                return self
-                    .commit(&run.id, std::mem::take(&mut pending), update)
-                    .await;
+                return Ok(Some(update));
             }
         }
-        // Every step was already done (a resumed run whose final write was lost).
-        self.commit(
-            &run.id,
-            pending,
-            RunUpdate::Finish {
-                status: RunStatus::Succeeded,
-                error: None,
-            },
-        )
-        .await
+        Ok(None)
     }
 
     /// The step's `if:`; true when absent.
@@ -313,10 +430,12 @@ impl Engine {
         attempt: u32,
         started: i64,
         result: Result<StepOutput, StepError>,
-        outputs: &mut crate::expr::RunContext,
-        pending: &mut Vec<StepRow>,
+        state: &mut RunState,
         last: bool,
     ) -> Result<Next, crate::store::StoreError> {
+        let RunState {
+            outputs, pending, ..
+        } = state;
         let finished = self.clock.now_ms();
         match result {
             Ok(out) => {
@@ -427,25 +546,36 @@ impl Engine {
         .await;
     }
 
+    /// Masks what a write stores: `redact:` rules, and secrets (an upstream that echoes a
+    /// token, a header value in an error message, a secret mapped into an output).
+    fn mask(&self, redaction: Option<&RunRedaction>, rows: &mut [StepRow], update: &mut RunUpdate) {
+        if let Some(r) = redaction {
+            rows.iter_mut().for_each(|row| r.row(row));
+        }
+        rows.iter_mut().for_each(|r| self.scrub(r));
+        if let RunUpdate::Finish { error: Some(e), .. } = update {
+            if let Some(r) = redaction {
+                crate::redact::scrub_values(&r.values, e);
+            }
+            self.secrets.scrub_json(e);
+        }
+    }
+
     async fn commit(
         &self,
         run_id: &str,
         rows: Vec<StepRow>,
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
-        // Secrets never reach the store: an upstream that echoes a token, a header value in
-        // an error message, a secret mapped into an output are masked here.
-        let mut rows = rows;
+        // Secrets never reach the store.
+        let (mut rows, mut update) = (rows, update);
         let redaction = self
             .redacting
             .lock()
             .expect("redacting")
             .get(run_id)
             .cloned();
-        if let Some(r) = &redaction {
-            rows.iter_mut().for_each(|row| r.row(row));
-        }
-        rows.iter_mut().for_each(|r| self.scrub(r));
+        self.mask(redaction.as_deref(), &mut rows, &mut update);
         let succeeded = matches!(
             update,
             RunUpdate::Finish {
@@ -453,13 +583,6 @@ impl Engine {
                 ..
             }
         );
-        let mut update = update;
-        if let RunUpdate::Finish { error: Some(e), .. } = &mut update {
-            if let Some(r) = &redaction {
-                crate::redact::scrub_values(&r.values, e);
-            }
-            self.secrets.scrub_json(e);
-        }
         let write = StepWrite {
             run_id: run_id.to_owned(),
             owner: self.owner.clone(),

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use executor::{Observer, StepReport, redact_detail};
+pub use executor::{Observer, Prepared, RunState, StepReport, redact_detail};
 
 use crate::flow::Project;
 use crate::store::Store;
@@ -167,18 +167,42 @@ impl Engine {
         run: crate::store::ClaimedRun,
         permit: OwnedSemaphorePermit,
     ) {
+        let run_id = run.id.clone();
+        let engine = self.clone();
+        self.spawn_run(run_id, permit, async move { engine.execute(run).await });
+    }
+
+    /// Goes on with a run [`Engine::prepare`] started, once the store holds it leased to
+    /// this node: from its first step that calls out, with the context already in memory.
+    pub fn start_prepared(
+        self: &Arc<Self>,
+        flow: Arc<crate::flow::Flow>,
+        run_id: String,
+        prepared: Prepared,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let engine = self.clone();
+        let id = run_id.clone();
+        self.spawn_run(run_id, permit, async move {
+            engine.execute_prepared(&flow, &id, prepared).await
+        });
+    }
+
+    fn spawn_run(
+        self: &Arc<Self>,
+        run_id: String,
+        permit: OwnedSemaphorePermit,
+        run: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let engine = self.clone();
         self.tasks.spawn(async move {
             use futures::FutureExt;
-            let run_id = run.id.clone();
             // A panic is a bug, and would repeat on every retry: end the run as failed (a dead
             // letter, replayable once fixed) instead of leaving it leased and renewed forever.
-            if std::panic::AssertUnwindSafe(engine.execute(run)).catch_unwind().await.is_err() {
+            if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
                 tracing::error!(run = %run_id, "run panicked; it is failed and kept as a dead letter");
                 let error = serde_json::json!({"kind": "internal", "message": "internal error while executing the run; see the server log"});
-                engine
-                    .fail_run(&run_id, error)
-                    .await;
+                engine.fail_run(&run_id, error).await;
             }
             engine.finished.fetch_add(1, Ordering::Relaxed);
             drop(permit);
@@ -190,6 +214,11 @@ impl Engine {
     pub(crate) fn note_due(&self, at_ms: i64) {
         self.next_due_hint.fetch_min(at_ms, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    /// A run ended while it was ingested (see [`Engine::prepare`]).
+    pub fn count_finished(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs finished on this node since start.

@@ -461,6 +461,15 @@ impl RunContext {
         }
     }
 
+    /// From an event already in jq values (parsed while it was ingested).
+    pub fn new(event: Val, run: &serde_json::Value) -> RunContext {
+        RunContext {
+            event,
+            run: json_to_val(run),
+            steps: jaq_json::Map::default(),
+        }
+    }
+
     /// Records `.steps.<id>`.
     pub fn set_step(&mut self, id: &str, output: &serde_json::Value) {
         self.steps.insert(key(id), json_to_val(output));

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::{ApiError, AppState};
 use crate::flow::Flow;
-use crate::store::{ClaimedRun, Dedupe, Ingested, Lease, NewRun};
+use crate::store::{Dedupe, Ingested, Lease, NewRun};
 use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body};
 
 pub(super) async fn receive(
@@ -181,38 +181,49 @@ async fn ingest_with_id(
             expires_at_ms: now + w.dedupe_window.as_millis() as i64,
         });
     }
-    // With a free worker here, the run is stored already leased to this node and starts at
-    // once: one write instead of an insert plus a claim.
-    let permit = state.engine.reserve();
+    // The flow's leading steps that only compute run now, and their results go into the same
+    // write as the event: a flow of such steps is done in one write.
+    let run_id = crate::util::new_run_id();
+    let event_text = event.to_string();
+    let mut prepared = state
+        .engine
+        .prepare(flow, &run_id, crate::expr::json_to_val(&event), &event_text)
+        .await;
+    // With a free worker here, a run that goes on is stored already leased to this node and
+    // goes on at once: one write instead of an insert plus a claim.
+    let permit = if prepared.finished() {
+        None
+    } else {
+        state.engine.reserve()
+    };
     let lease = permit.as_ref().map(|_| Lease {
         owner: state.engine.owner.clone(),
         until_ms: state.engine.lease_until(now),
     });
-    let event = event.to_string();
-    let run_event = permit.as_ref().map(|_| event.clone());
     let run = NewRun {
-        id: crate::util::new_run_id(),
+        id: run_id,
         flow: flow.id.clone(),
         flow_version: flow.version.clone(),
-        event,
+        event: prepared.redacted_event.take().unwrap_or(event_text),
         dedupe,
         now_ms: now,
         lease,
+        steps: std::mem::take(&mut prepared.rows),
+        update: prepared.update.clone(),
     };
     match state.engine.store.ingest(run).await? {
         Ingested::Created(id) => {
-            match permit {
-                Some(permit) => {
-                    let run = ClaimedRun {
-                        id: id.clone(),
-                        flow: flow.id.clone(),
-                        attempt: 1,
-                        event: run_event.unwrap_or_default(),
-                        steps: Vec::new(),
-                    };
-                    state.engine.start_claimed(run, permit);
+            if prepared.finished() {
+                state.engine.count_finished();
+            } else {
+                match permit {
+                    Some(permit) => {
+                        state
+                            .engine
+                            .start_prepared(flow.clone(), id.clone(), prepared, permit)
+                    }
+                    None => state.engine.wake(),
                 }
-                None => state.engine.wake(),
             }
             Ok((StatusCode::ACCEPTED, id))
         }

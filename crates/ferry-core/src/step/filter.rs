@@ -29,6 +29,10 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
 }
 
 impl Step for Filter {
+    fn inline(&self) -> bool {
+        self.expr.is_bounded()
+    }
+
     fn execute<'a>(&'a self, cx: &'a StepCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         async move {
             let expr = self.expr.clone();

@@ -34,6 +34,10 @@ fn compile(node: &Node, cx: &mut CompileCx) -> Option<Box<dyn Step>> {
 }
 
 impl Step for Map {
+    fn inline(&self) -> bool {
+        self.template.is_bounded()
+    }
+
     fn execute<'a>(&'a self, cx: &'a StepCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
         async move {
             if let Template::Literal(v) = &*self.template {

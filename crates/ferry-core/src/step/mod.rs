@@ -79,6 +79,13 @@ pub trait Step: Send + Sync + 'static {
         false
     }
 
+    /// True for a step that only computes, in time bounded by its input (no effect outside
+    /// Ferry, no unbounded expression): it may run while its event is ingested, its result
+    /// stored in the same write as the event.
+    fn inline(&self) -> bool {
+        false
+    }
+
     /// The step's own settings that may come from the environment or a secret (for the
     /// start-up check of unset secrets).
     fn value_sources(&self) -> Vec<&crate::flow::model::ValueSource> {

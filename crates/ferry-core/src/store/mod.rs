@@ -112,6 +112,11 @@ pub struct NewRun {
     pub now_ms: i64,
     /// Store it already leased to this worker (it starts at once, without a claim).
     pub lease: Option<Lease>,
+    /// Steps that ran while the event was ingested (they only compute), stored with it.
+    pub steps: Vec<StepRow>,
+    /// The run's state after those steps: `Continue` (queued, or running under `lease`), or
+    /// finished, or waiting for a retry.
+    pub update: RunUpdate,
 }
 
 #[derive(Debug, Clone)]

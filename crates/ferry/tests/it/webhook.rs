@@ -448,3 +448,95 @@ async fn run_listings_page_with_a_cursor_that_ends_on_the_last_page() {
     let (_, exact) = ferry.api(Method::GET, "/runs?limit=3", None).await;
     assert_eq!(exact["next"], Value::Null);
 }
+
+/// A flow whose steps only compute is done by the time its 202 arrives: the event and every
+/// step result are stored in one write. Failures there are ordinary run failures (the event
+/// is kept, as a dead letter), and an unbounded expression still runs under its time limit
+/// on a worker, after the 202.
+#[tokio::test]
+async fn a_flow_that_only_computes_is_done_when_its_event_is_acknowledged() {
+    const COMPUTE: &str = r#"
+id: compute
+trigger: { webhook: { path: /hooks/compute } }
+steps:
+  - id: known
+    filter: '{{ .event.body.email != null }}'
+  - id: shape
+    map: { email: '{{ .event.body.email | ascii_downcase }}', run: '{{ .run.id }}' }
+  - id: total
+    map: '{{ .event.body.n + 1 }}'
+"#;
+    const LOOPING: &str = r#"
+id: looping
+trigger: { webhook: { path: /hooks/looping } }
+steps:
+  - id: count
+    map: '{{ [range(.event.body.n)] | length }}'
+"#;
+    let project = Project::new(
+        &[
+            ("flows/compute.yaml", COMPUTE),
+            ("flows/looping.yaml", LOOPING),
+        ],
+        None,
+    );
+    let ferry = Ferry::start_with(&project, &[]);
+    let accept = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        v["run_id"].as_str().unwrap().to_owned()
+    };
+
+    // Read right after the 202, without waiting.
+    let id = accept(
+        ferry
+            .post_json(
+                "/hooks/compute",
+                &json!({"email": "Ada@X.ORG", "n": 41}),
+                &[],
+            )
+            .await,
+    )
+    .await;
+    let run = ferry.run(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["output"], json!({"passed": true}));
+    assert_eq!(steps[1]["output"], json!({"email": "ada@x.org", "run": id}));
+    assert_eq!(steps[2]["output"], 42);
+
+    // A filter that stops: succeeded, the rest skipped.
+    let id = accept(
+        ferry
+            .post_json("/hooks/compute", &json!({"n": 1}), &[])
+            .await,
+    )
+    .await;
+    let run = ferry.run(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"].as_array().unwrap().len(), 1);
+
+    // A jq error: the run is failed (not retried) with the error, and the event is kept.
+    let id = accept(
+        ferry
+            .post_json("/hooks/compute", &json!({"email": "a@b.c", "n": "x"}), &[])
+            .await,
+    )
+    .await;
+    let run = ferry.run(&id).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["step"], "total");
+    assert_eq!(run["error"]["kind"], "expression", "{run:#}");
+    assert_eq!(run["event"]["body"]["n"], "x");
+
+    // `range` may run away: it goes to a worker, after the 202, and still finishes.
+    let id = accept(
+        ferry
+            .post_json("/hooks/looping", &json!({"n": 3}), &[])
+            .await,
+    )
+    .await;
+    let run = ferry.wait_final(&id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][0]["output"], 3);
+}

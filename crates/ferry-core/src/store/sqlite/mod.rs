@@ -341,7 +341,8 @@ fn put_meta(c: &Connection, key: &str, value: &[u8], now_ms: i64) -> Result<()> 
     Ok(())
 }
 
-fn ingest(c: &Connection, run: &NewRun) -> Result<Ingested> {
+fn ingest(c: &Connection, new: &NewRunText) -> Result<Ingested> {
+    let run = &new.run;
     if let Some(d) = &run.dedupe {
         let existing: Option<String> = c
             .prepare_cached(
@@ -357,21 +358,32 @@ fn ingest(c: &Connection, run: &NewRun) -> Result<Ingested> {
         )?
         .execute(params![run.flow, d.key, run.id, d.expires_at_ms])?;
     }
+    let (status, next_at, lease) = match &run.update {
+        RunUpdate::Continue => match &run.lease {
+            Some(l) => ("running", run.now_ms, Some(l)),
+            None => ("queued", run.now_ms, None),
+        },
+        RunUpdate::Retry { next_at_ms } => ("queued", *next_at_ms, None),
+        RunUpdate::Finish { status, .. } => (status.as_str(), run.now_ms, None),
+    };
     c.prepare_cached(
         "INSERT INTO runs (id, flow, flow_version, status, attempt, event, created_at, updated_at, next_at,
-                           lease_owner, lease_until)
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?6, ?7, ?8)",
+                           lease_owner, lease_until, error)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         run.id,
         run.flow,
         run.flow_version,
-        if run.lease.is_some() { "running" } else { "queued" },
+        status,
         run.event,
         run.now_ms,
-        run.lease.as_ref().map(|l| l.owner.as_str()),
-        run.lease.as_ref().map(|l| l.until_ms),
+        next_at,
+        lease.map(|l| l.owner.as_str()),
+        lease.map(|l| l.until_ms),
+        new.error,
     ])?;
+    put_steps(c, &run.id, &new.rows)?;
     Ok(Ingested::Created(run.id.clone()))
 }
 
@@ -472,37 +484,90 @@ struct RowText {
     response: Option<String>,
 }
 
+impl RowText {
+    fn new(r: StepRow) -> RowText {
+        let text = |v: Option<Json>| v.map(|j| j.to_string());
+        RowText {
+            path: r.path,
+            seq: r.seq,
+            status: r.status,
+            attempts: r.attempts,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            output: text(r.output),
+            error: text(r.error),
+            request: text(r.request),
+            response: text(r.response),
+        }
+    }
+}
+
+/// The run's error, as stored.
+fn update_error(update: &RunUpdate) -> Option<String> {
+    match update {
+        RunUpdate::Finish { error, .. } => error.as_ref().map(Json::to_string),
+        _ => None,
+    }
+}
+
 impl StepWriteText {
     fn new(w: StepWrite) -> StepWriteText {
-        let text = |v: Option<Json>| v.map(|j| j.to_string());
-        let error = match &w.update {
-            RunUpdate::Finish { error, .. } => error.as_ref().map(Json::to_string),
-            _ => None,
-        };
         StepWriteText {
-            rows: w
-                .rows
-                .into_iter()
-                .map(|r| RowText {
-                    path: r.path,
-                    seq: r.seq,
-                    status: r.status,
-                    attempts: r.attempts,
-                    started_at_ms: r.started_at_ms,
-                    finished_at_ms: r.finished_at_ms,
-                    output: text(r.output),
-                    error: text(r.error),
-                    request: text(r.request),
-                    response: text(r.response),
-                })
-                .collect(),
+            error: update_error(&w.update),
+            rows: w.rows.into_iter().map(RowText::new).collect(),
             run_id: w.run_id,
             owner: w.owner,
             now_ms: w.now_ms,
             update: w.update,
-            error,
         }
     }
+}
+
+/// An ingest with its step records already serialized (see [`StepWriteText`]).
+struct NewRunText {
+    run: NewRun,
+    rows: Vec<RowText>,
+    error: Option<String>,
+}
+
+impl NewRunText {
+    fn new(mut run: NewRun) -> NewRunText {
+        NewRunText {
+            rows: std::mem::take(&mut run.steps)
+                .into_iter()
+                .map(RowText::new)
+                .collect(),
+            error: update_error(&run.update),
+            run,
+        }
+    }
+}
+
+/// Inserts (or, on a later attempt, replaces) a run's step records.
+fn put_steps(c: &Connection, run_id: &str, rows: &[RowText]) -> Result<()> {
+    for row in rows {
+        c.prepare_cached(
+            "INSERT INTO steps (run_id, path, seq, status, attempts, started_at, finished_at, output, error, request, response)
+             VALUES (?1, ?2, ?11, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+               started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
+               error = excluded.error, request = excluded.request, response = excluded.response",
+        )?
+        .execute(params![
+            run_id,
+            row.path,
+            row.status.as_str(),
+            row.attempts,
+            row.started_at_ms,
+            row.finished_at_ms,
+            row.output,
+            row.error,
+            row.request,
+            row.response,
+            row.seq
+        ])?;
+    }
+    Ok(())
 }
 
 fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
@@ -519,28 +584,7 @@ fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
             w.run_id
         )));
     }
-    for row in &w.rows {
-        c.prepare_cached(
-            "INSERT INTO steps (run_id, path, seq, status, attempts, started_at, finished_at, output, error, request, response)
-             VALUES (?1, ?2, ?11, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-               started_at = excluded.started_at, finished_at = excluded.finished_at, output = excluded.output,
-               error = excluded.error, request = excluded.request, response = excluded.response",
-        )?
-        .execute(params![
-            w.run_id,
-            row.path,
-            row.status.as_str(),
-            row.attempts,
-            row.started_at_ms,
-            row.finished_at_ms,
-            row.output,
-            row.error,
-            row.request,
-            row.response,
-            row.seq
-        ])?;
-    }
+    put_steps(c, &w.run_id, &w.rows)?;
     match &w.update {
         RunUpdate::Continue => {}
         RunUpdate::Retry { next_at_ms } => {
@@ -689,6 +733,7 @@ const SUMMARY_COLS: &str = "id, flow, flow_version, status, attempt, created_at,
 
 impl Store for SqliteStore {
     fn ingest(&self, run: NewRun) -> BoxFuture<'_, Result<Ingested>> {
+        let run = NewRunText::new(run);
         self.send(move |c| ingest(c, &run), true)
     }
 
@@ -1094,6 +1139,8 @@ mod tests {
             }),
             now_ms: now,
             lease: None,
+            steps: Vec::new(),
+            update: RunUpdate::Continue,
         }
     }
 
