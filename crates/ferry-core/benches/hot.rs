@@ -31,14 +31,45 @@ fn event_text() -> String {
     .to_string()
 }
 
+fn headers() -> serde_json::Map<String, serde_json::Value> {
+    let mut headers = serde_json::Map::new();
+    for (k, v) in [
+        ("host", "127.0.0.1:8080"),
+        ("content-type", "application/json"),
+        ("content-length", "1043"),
+    ] {
+        headers.insert(k.into(), v.into());
+    }
+    headers
+}
+
+/// What a webhook builds: the stored text and the jq value, without a serde_json tree.
+fn event_fast() -> ferry_core::trigger::Event {
+    let body =
+        ferry_core::trigger::webhook::parse_body_fast(Some("application/json"), BODY, 64).unwrap();
+    ferry_core::trigger::event_parts(
+        body,
+        &headers(),
+        &Default::default(),
+        "POST",
+        "/bench/e2e",
+        1_795_000_000_000,
+    )
+}
+
 fn hot(c: &mut Criterion) {
+    c.bench_function("ingest: body to event text and jq value", |b| {
+        b.iter(event_fast)
+    });
     c.bench_function("ingest: parse the body", |b| {
         b.iter(|| {
             ferry_core::trigger::webhook::parse_body(Some("application/json"), black_box(BODY), 64)
                 .unwrap()
         })
     });
-    c.bench_function("ingest: body to stored event text", |b| b.iter(event_text));
+    c.bench_function("ingest (serde_json tree): body to event text", |b| {
+        b.iter(event_text)
+    });
     let text = event_text();
     let run = serde_json::json!({"id": "0193-run", "flow": "e2e", "attempt": 1});
     c.bench_function("run: event text to context (and drop)", |b| {

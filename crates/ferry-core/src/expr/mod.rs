@@ -498,9 +498,9 @@ pub fn with_field(ctx: &Val, name: &str, value: Val) -> Val {
 }
 
 /// `{"event": event}`: what a webhook's `dedupe:` sees.
-pub fn event_context(event: &serde_json::Value) -> Val {
+pub fn event_context(event: &Val) -> Val {
     let mut m = jaq_json::Map::default();
-    m.insert(key("event"), json_to_val(event));
+    m.insert(key("event"), event.clone());
     Val::obj(m)
 }
 

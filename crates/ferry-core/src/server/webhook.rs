@@ -11,7 +11,8 @@ use serde_json::{Map, Value as Json, json};
 use super::{ApiError, AppState};
 use crate::flow::Flow;
 use crate::store::{Dedupe, Ingested, Lease, NewRun};
-use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body};
+use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body_fast};
+use crate::trigger::{Body as EventBody, Event};
 
 pub(super) async fn receive(
     State(state): State<Arc<AppState>>,
@@ -93,10 +94,11 @@ pub(super) async fn receive(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let body = parse_body(content_type, &bytes, state.limits.max_depth).map_err(|e| match e {
-        BodyError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
-        other => ApiError::BadRequest(other.to_string()),
-    })?;
+    let body =
+        parse_body_fast(content_type, &bytes, state.limits.max_depth).map_err(|e| match e {
+            BodyError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
 
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
@@ -121,15 +123,23 @@ pub(super) async fn receive(
         .map(|q| crate::trigger::webhook::form_object(q.as_bytes()))
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
-    let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
-    if let Some(v) = verified {
-        // A key or token the sender put in a header or the query is not stored.
-        state.engine.secrets.scrub_json(&mut event);
-        // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
-        if let Json::Object(map) = &mut event {
-            map.insert("verified".into(), v);
+    let event = match verified {
+        None => crate::trigger::event_parts(body, &headers, &query, &method, &path, now),
+        Some(v) => {
+            let body = match body {
+                EventBody::Json { val, .. } => crate::expr::val_to_json(&val),
+                EventBody::Other(v) => v,
+            };
+            let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
+            // A key or token the sender put in a header or the query is not stored.
+            state.engine.secrets.scrub_json(&mut event);
+            // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
+            if let Json::Object(map) = &mut event {
+                map.insert("verified".into(), v);
+            }
+            Event::from_json(&event)
         }
-    }
+    };
     let (code, run_id) = ingest_with_id(&state, &flow, event, now, message_id).await?;
     Ok((code, axum::Json(json!({ "run_id": run_id }))).into_response())
 }
@@ -141,7 +151,7 @@ pub(super) async fn ingest(
     event: Json,
     now: i64,
 ) -> Result<(StatusCode, String), ApiError> {
-    ingest_with_id(state, flow, event, now, None).await
+    ingest_with_id(state, flow, Event::from_json(&event), now, None).await
 }
 
 /// [`ingest`], with the message id a verified sender gave (Standard Webhooks' `webhook-id`,
@@ -150,7 +160,7 @@ pub(super) async fn ingest(
 async fn ingest_with_id(
     state: &AppState,
     flow: &Arc<Flow>,
-    event: Json,
+    event: Event,
     now: i64,
     message_id: Option<String>,
 ) -> Result<(StatusCode, String), ApiError> {
@@ -166,7 +176,7 @@ async fn ingest_with_id(
     if let Some(w) = flow.webhook()
         && let Some(expr) = &w.dedupe
     {
-        let ctx = crate::expr::event_context(&event);
+        let ctx = crate::expr::event_context(&event.val);
         let key = crate::expr::eval_value(expr, &ctx, state.engine.config.expr_timeout)
             .await
             .map_err(|e| ApiError::BadRequest(format!("dedupe expression failed: {e}")))?;
@@ -184,10 +194,13 @@ async fn ingest_with_id(
     // The flow's leading steps that only compute run now, and their results go into the same
     // write as the event: a flow of such steps is done in one write.
     let run_id = crate::util::new_run_id();
-    let event_text = event.to_string();
+    let Event {
+        text: event_text,
+        val: event,
+    } = event;
     let mut prepared = state
         .engine
-        .prepare(flow, &run_id, crate::expr::json_to_val(&event), &event_text)
+        .prepare(flow, &run_id, event, &event_text)
         .await;
     // With a free worker here, a run that goes on is stored already leased to this node and
     // goes on at once: one write instead of an insert plus a claim.
