@@ -49,8 +49,8 @@ pub fn event_parts(
         ),
     };
     let received_at = crate::util::rfc3339(received_at_ms);
-    let headers_text = Json::Object(headers.clone()).to_string();
-    let query_text = Json::Object(query.clone()).to_string();
+    let headers_text = serde_json::to_string(headers).expect("JSON maps serialize");
+    let query_text = serde_json::to_string(query).expect("JSON maps serialize");
     let mut text =
         String::with_capacity(body_text.len() + headers_text.len() + query_text.len() + 128);
     let string = |s: &str| Json::String(s.to_owned()).to_string();
