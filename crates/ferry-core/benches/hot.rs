@@ -91,6 +91,13 @@ fn hot(c: &mut Criterion) {
     c.bench_function("run: render the e2e map step", |b| {
         b.iter(|| t.render(black_box(&ctx.val())).unwrap())
     });
+    let mut ctx = ctx;
+    ctx.set_step("contact", &t.render(&ctx.val()).unwrap());
+    let body = Template::compile_str("{{ .steps.contact }}").unwrap();
+    let full = ctx.val();
+    c.bench_function("run: render a plain path (`{{ .steps.contact }}`)", |b| {
+        b.iter(|| body.render(black_box(&full)).unwrap())
+    });
 }
 
 criterion_group!(benches, hot);

@@ -55,6 +55,9 @@ pub struct Expr {
     src: Arc<str>,
     filter: Arc<JqFilter>,
     bounded: bool,
+    /// For a plain path (`.steps.contact`, `.event.body.email`), its keys: the commonest
+    /// template is walked directly instead of through jq's interpreter.
+    path: Option<Arc<[Val]>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -163,6 +166,7 @@ impl Expr {
             src: Arc::from(src),
             filter: Arc::new(filter),
             bounded: is_bounded(src),
+            path: plain_path(src_trim),
         })
     }
 
@@ -178,6 +182,9 @@ impl Expr {
 
     /// Runs the expression and returns its first output (`null` when it yields nothing).
     pub fn eval(&self, input: &Val) -> Result<serde_json::Value, EvalError> {
+        if let Some(v) = self.path.as_deref().and_then(|keys| walk(input, keys)) {
+            return Ok(val_to_json(&v));
+        }
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut out = self.filter.id.run((ctx, input.clone())).map(unwrap_valr);
         match out.next() {
@@ -332,6 +339,42 @@ const BOUNDED: &[&str] = &[
     "stderr",
     "input_filename",
 ];
+
+/// The keys of `src` when it is only `.name.name…` with identifier names (what jq reads as
+/// object lookups, e.g. `.steps.contact`), else `None`.
+fn plain_path(src: &str) -> Option<Arc<[Val]>> {
+    let rest = src.strip_prefix('.')?;
+    let mut keys = Vec::new();
+    for name in rest.split('.') {
+        let mut chars = name.chars();
+        let first = chars.next()?;
+        if !(first.is_ascii_alphabetic() || first == '_')
+            || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return None;
+        }
+        keys.push(Val::from(name.to_owned()));
+    }
+    Some(keys.into())
+}
+
+/// Follows `keys` through objects as jq's `.a.b` does (a missing key or a `null` gives
+/// `null`). `None` when something on the way is neither an object nor `null`: jq then says
+/// what is wrong, with its own message.
+fn walk(input: &Val, keys: &[Val]) -> Option<Val> {
+    let mut v = input;
+    for k in keys {
+        match v {
+            Val::Obj(m) => match m.get(k) {
+                Some(next) => v = next,
+                None => return Some(Val::Null),
+            },
+            Val::Null => return Some(Val::Null),
+            _ => return None,
+        }
+    }
+    Some(v.clone())
+}
 
 /// Conservative check that `src` only uses builtins from `BOUNDED` (fields like `.range`,
 /// variables and format strings are fine; string interpolation is not analysed, so it counts
@@ -653,6 +696,50 @@ mod tests {
             json!({"x": 1.5})
         );
         assert_eq!(run("empty", json!(1)).unwrap(), json!(null));
+    }
+
+    /// A plain path is walked without jq's interpreter; it must answer exactly as jq does.
+    #[test]
+    fn plain_paths_answer_as_jq_does() {
+        let input = json!({"a": {"b": {"c": [1, {"d": 2}]}, "n": null, "s": "text"}, "_x1": 3});
+        for src in [
+            ".a",
+            ".a.b.c",
+            ".a.n",
+            ".a.n.deeper",
+            ".missing",
+            ".missing.more",
+            "._x1",
+            " .a.b ",
+        ] {
+            let e = Expr::compile(src).unwrap();
+            assert!(e.path.is_some(), "{src} is a plain path");
+            let jq = Expr {
+                path: None,
+                ..e.clone()
+            };
+            assert_eq!(
+                e.eval(&json_to_val(&input)),
+                jq.eval(&json_to_val(&input)),
+                "{src}"
+            );
+        }
+        // Indexing a string: jq's own error, from jq.
+        let e = Expr::compile(".a.s.x").unwrap();
+        assert!(
+            e.eval(&json_to_val(&input))
+                .unwrap_err()
+                .message
+                .contains("cannot")
+        );
+        for src in [
+            ".", ".a[0]", ".a | .b", ".a.b?", ".\"a\"", ".1a", ".a.", "..a", ".a-b", "$x",
+        ] {
+            assert!(
+                plain_path(src.trim()).is_none(),
+                "{src} is not a plain path"
+            );
+        }
     }
 
     #[test]
