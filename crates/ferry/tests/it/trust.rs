@@ -616,6 +616,10 @@ async fn redaction_retention_and_erase_remove_personal_data() {
                 "id: signup\ntrigger: { webhook: { path: /signup } }\nredact: ['.event.body.email', '.steps.contact.body.ok']\nsteps:\n  - id: contact\n    http: { connection: crm, method: POST, path: /contacts, body: { email: '{{ .event.body.email }}', plan: '{{ .event.body.plan }}' } }\n",
             ),
             (
+                "flows/local.yaml",
+                "id: local\ntrigger: { webhook: { path: /local } }\nredact: ['.event.body.email']\nsteps:\n  - id: m\n    map: { hello: 'Dear {{ .event.body.email }}', plan: '{{ .event.body.plan }}' }\n",
+            ),
+            (
                 "flows/short.yaml",
                 "id: short\ntrigger: { webhook: { path: /short } }\nretention: 1s\nsteps:\n  - id: m\n    map: { who: '{{ .event.body.who }}' }\n",
             ),
@@ -643,6 +647,20 @@ async fn redaction_retention_and_erase_remove_personal_data() {
     // The connection's rule masks the request body it sent.
     assert_eq!(step["request"]["body"]["plan"], "***", "{step}");
     assert_eq!(receiver.requests_to("/contacts")[0].json()["plan"], "gold");
+    assert!(!run.to_string().contains("ada@example.com"), "{run:#}");
+
+    // A flow that only computes is done, and stored, while its event is ingested: the same
+    // rules apply to that one write.
+    let run = server
+        .run_event(
+            "/local",
+            &json!({"email": "ada@example.com", "plan": "gold"}),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["event"]["body"]["email"], "***", "{run:#}");
+    assert_eq!(run["event"]["body"]["plan"], "gold");
+    assert_eq!(run["steps"][0]["output"]["plan"], "gold");
     assert!(!run.to_string().contains("ada@example.com"), "{run:#}");
 
     // Erase: every payload that mentions the subject goes; other runs stay.
