@@ -20,40 +20,7 @@ SCENARIO=${SCENARIO:-ingest}
 CONNS=${CONNS:-64}
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
-command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked -q -p ferry --example benchkit
-KIT=target/release/examples/benchkit
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-"$KIT" sink > "$WORK/sink.addr" &
-PIDS+=($!)
-sleep 0.3
-SINK=$(head -1 "$WORK/sink.addr")
-mkdir -p "$WORK/p/flows" "$WORK/p/connections"
-printf 'id: sink\nbase_url: http://%s\ntimeout: 10s\n' "$SINK" > "$WORK/p/connections/sink.yaml"
-# The flows of bench/run.sh.
-cat > "$WORK/p/flows/ingest.yaml" <<'YAML'
-id: ingest
-trigger: { webhook: { path: /bench/ingest } }
-steps:
-  - id: shape
-    map: { email: '{{ .event.body.email | ascii_downcase }}' }
-YAML
-cat > "$WORK/p/flows/e2e.yaml" <<'YAML'
-id: e2e
-trigger: { webhook: { path: /bench/e2e } }
-steps:
-  - id: contact
-    map:
-      email: '{{ .event.body.email | ascii_downcase }}'
-      name: '{{ .event.body.first_name + " " + .event.body.last_name }}'
-      source: web-shop
-  - id: push
-    http: { connection: sink, method: POST, path: /contacts, body: '{{ .steps.contact }}' }
-YAML
+source bench/common.sh
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks (1/100 s)
 

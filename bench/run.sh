@@ -12,45 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
-command -v wrk >/dev/null || { echo "installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked -q -p ferry --bin ferry --example benchkit
+source bench/common.sh
 BIN=target/release/ferry
-KIT=target/release/examples/benchkit
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-"$KIT" sink > "$WORK/sink.addr" &
-PIDS+=($!)
-sleep 0.3
-SINK=$(head -1 "$WORK/sink.addr")
-
-mkdir -p "$WORK/p/flows" "$WORK/p/connections"
-cat > "$WORK/p/connections/sink.yaml" <<YAML
-id: sink
-base_url: http://$SINK
-timeout: 10s
-YAML
-cat > "$WORK/p/flows/ingest.yaml" <<'YAML'
-id: ingest
-trigger: { webhook: { path: /bench/ingest } }
-steps:
-  - id: shape
-    map: { email: '{{ .event.body.email | ascii_downcase }}' }
-YAML
-cat > "$WORK/p/flows/e2e.yaml" <<'YAML'
-id: e2e
-trigger: { webhook: { path: /bench/e2e } }
-steps:
-  - id: contact
-    map:
-      email: '{{ .event.body.email | ascii_downcase }}'
-      name: '{{ .event.body.first_name + " " + .event.body.last_name }}'
-      source: web-shop
-  - id: push
-    http: { connection: sink, method: POST, path: /contacts, body: '{{ .steps.contact }}' }
-YAML
 
 stop_ferry() { # SIGTERM, then wait (at most 15 s) for the process to exit
   kill "$PID" 2>/dev/null || true

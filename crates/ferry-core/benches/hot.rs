@@ -12,17 +12,9 @@ const BODY: &[u8] = br#"{"email":"Ada.Lovelace@Example.com","first_name":"Ada","
 fn event_text() -> String {
     let body =
         ferry_core::trigger::webhook::parse_body(Some("application/json"), BODY, 64).unwrap();
-    let mut headers = serde_json::Map::new();
-    for (k, v) in [
-        ("host", "127.0.0.1:8080"),
-        ("content-type", "application/json"),
-        ("content-length", "1043"),
-    ] {
-        headers.insert(k.into(), v.into());
-    }
     ferry_core::trigger::event(
         body,
-        headers,
+        headers(),
         Default::default(),
         "POST",
         "/bench/e2e",
