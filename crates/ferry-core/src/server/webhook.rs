@@ -127,7 +127,10 @@ pub(super) async fn receive(
         None => crate::trigger::event_parts(body, &headers, &query, &method, &path, now),
         Some(v) => {
             let body = match body {
-                EventBody::Json { val, .. } => crate::expr::val_to_json(&val),
+                // From the text, not the jq values: those hold an integer beyond i64 as a
+                // float, and the body is stored as received.
+                EventBody::Json { text, .. } => serde_json::from_str(text)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?,
                 EventBody::Other(v) => v,
             };
             let mut event = crate::trigger::event(body, headers, query, &method, &path, now);

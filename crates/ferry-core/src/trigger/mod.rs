@@ -152,4 +152,38 @@ mod tests {
             fast.text
         );
     }
+
+    /// `ferry erase` finds a subject by its text as serde_json writes it (`\u00eb` unescaped,
+    /// `/` bare), so a body that escapes more than that must not be stored as it came: a
+    /// sender using Python's `json.dumps` (`\u00eb`) or PHP's `json_encode` (`\/`) would
+    /// otherwise keep its runs out of reach of an erasure.
+    #[test]
+    fn a_body_with_other_escapes_is_stored_as_serde_json_writes_it() {
+        let raw = br#"{"email": "zo\u00eb@example.com", "site": "https:\/\/shop.example\/zed", "n": "a\\u"}"#;
+        let body = webhook::parse_body_fast(Some("application/json"), raw, 64).unwrap();
+        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0);
+        assert!(
+            event.text.contains("zo\u{eb}@example.com"),
+            "{}",
+            event.text
+        );
+        assert!(
+            event.text.contains("https://shop.example/zed"),
+            "{}",
+            event.text
+        );
+        assert_eq!(
+            crate::expr::val_to_json(&event.val)["body"],
+            json!({"email": "zo\u{eb}@example.com", "site": "https://shop.example/zed", "n": "a\\u"})
+        );
+        // Escapes serde_json writes too keep the body as it came.
+        let raw = br#"{"a": "line\nbreak \"q\" \\u"}"#;
+        let body = webhook::parse_body_fast(Some("application/json"), raw, 64).unwrap();
+        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0);
+        assert!(
+            event.text.starts_with(r#"{"body":{"a": "line"#),
+            "{}",
+            event.text
+        );
+    }
 }

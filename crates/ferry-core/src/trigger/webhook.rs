@@ -44,7 +44,7 @@ pub fn parse_body_fast<'a>(
     bytes: &'a [u8],
     max_depth: usize,
 ) -> Result<crate::trigger::Body<'a>, BodyError> {
-    if is_json(content_type) && !bytes.is_empty() {
+    if is_json(content_type) && !bytes.is_empty() && !has_uncommon_escape(bytes) {
         let depth = json_depth(bytes);
         if depth > max_depth {
             return Err(BodyError::TooDeep(max_depth));
@@ -56,6 +56,24 @@ pub fn parse_body_fast<'a>(
         return Ok(crate::trigger::Body::Json { text, val });
     }
     parse_body(content_type, bytes, max_depth).map(crate::trigger::Body::Other)
+}
+
+/// Whether a JSON text holds an escape serde_json does not write (`\uXXXX`, `\/`). Such a body
+/// is stored re-serialized, as `parse_body` stores it: `ferry erase` looks for a subject as
+/// serde_json writes it, and would miss `zo\u00eb@…` (Python's `json.dumps`) or `https:\/\/…`
+/// (PHP's `json_encode`) stored as sent.
+fn has_uncommon_escape(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(at) = bytes[i..].iter().position(|&b| b == b'\\') {
+        match bytes.get(i + at + 1) {
+            Some(b'u' | b'/') => return true,
+            _ => i += at + 2,
+        }
+        if i >= bytes.len() {
+            return false;
+        }
+    }
+    false
 }
 
 fn is_json(content_type: Option<&str>) -> bool {

@@ -540,3 +540,37 @@ steps:
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][0]["output"], 3);
 }
+
+/// A verified webhook stores the body it received: an integer beyond i64 (an id as a u64)
+/// keeps its digits, as on an unverified webhook, instead of becoming a float on the way
+/// through jq values.
+#[tokio::test]
+async fn a_verified_webhook_keeps_a_large_integer_exact() {
+    let project = Project::new(
+        &[(
+            "flows/ops.yaml",
+            "id: ops\ntrigger:\n  webhook:\n    path: /hooks/ops\n    verify: { scheme: basic, username: ops, password: { env: OPS_PW } }\nsteps:\n  - id: note\n    log: hi\n",
+        )],
+        None,
+    );
+    let server = Ferry::start_env(&project, &[("OPS_PW", "pw12345678")]);
+    let resp = server
+        .post(
+            "/hooks/ops",
+            "application/json",
+            r#"{"id": 18446744073709551615, "f": 1.5}"#,
+            &[("authorization", "Basic b3BzOnB3MTIzNDU2Nzg=")],
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    let run = server
+        .wait_final(v["run_id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        run["event"]["body"],
+        json!({"id": 18446744073709551615u64, "f": 1.5}),
+        "{run:#}"
+    );
+}
