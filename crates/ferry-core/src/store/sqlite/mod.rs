@@ -298,8 +298,19 @@ fn writer_loop(
         let done = checkpoints.passes.load(Ordering::Acquire);
         if done != seen {
             seen = done;
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
-                Ok(0) => checkpoints.caught_up.store(done, Ordering::Release),
+            // (busy, frames in the WAL, frames copied back): caught up when all were copied
+            // (a reader on an old snapshot can hold some back).
+            let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+            match copied {
+                Ok((0, frames, done_frames)) if frames == done_frames => {
+                    checkpoints.caught_up.store(done, Ordering::Release)
+                }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "catch-up checkpoint failed"),
             }
