@@ -125,7 +125,7 @@ enum Next {
 
 /// A run's progress while it executes: its expression context, the steps already done, and
 /// the results of steps that only compute, waiting to be committed with the next write.
-pub struct RunState {
+pub(crate) struct RunState {
     outputs: crate::expr::RunContext,
     done: HashSet<String>,
     prior_attempts: HashMap<String, u32>,

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use executor::{Observer, Prepared, RunState, StepReport, redact_detail};
+pub use executor::{Observer, Prepared, StepReport, redact_detail};
 
 use crate::flow::Project;
 use crate::store::Store;
