@@ -137,24 +137,28 @@ impl RunState {
     /// replayed run).
     fn resume(run: &ClaimedRun) -> RunState {
         let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
-        let mut outputs = crate::expr::RunContext::from_text(&run.event, &run_info);
-        let mut done = HashSet::new();
-        let mut prior_attempts = HashMap::new();
+        let mut state = RunState::new(crate::expr::RunContext::from_text(&run.event, &run_info));
         for row in &run.steps {
             match row.status {
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
-                    outputs.set_step(&row.path, row.output.as_ref().unwrap_or(&Json::Null));
-                    done.insert(row.path.clone());
+                    let output = row.output.as_ref().unwrap_or(&Json::Null);
+                    state.outputs.set_step(&row.path, output);
+                    state.done.insert(row.path.clone());
                 }
                 StepStatus::Retrying => {
-                    prior_attempts.insert(row.path.clone(), row.attempts);
+                    state.prior_attempts.insert(row.path.clone(), row.attempts);
                 }
             }
         }
+        state
+    }
+
+    /// A run with no step done yet.
+    fn new(outputs: crate::expr::RunContext) -> RunState {
         RunState {
             outputs,
-            done,
-            prior_attempts,
+            done: HashSet::new(),
+            prior_attempts: HashMap::new(),
             pending: Vec::new(),
         }
     }
@@ -216,12 +220,7 @@ impl Engine {
         event_text: &str,
     ) -> Prepared {
         let run_info = json!({ "id": run_id, "flow": flow.id, "attempt": 1 });
-        let mut state = RunState {
-            outputs: crate::expr::RunContext::new(event, &run_info),
-            done: HashSet::new(),
-            prior_attempts: HashMap::new(),
-            pending: Vec::new(),
-        };
+        let mut state = RunState::new(crate::expr::RunContext::new(event, &run_info));
         let redaction = RunRedaction::new(flow, event_text).map(Arc::new);
         let update = match self
             .run_steps(flow, run_id, &mut state, Until::FirstCall)
@@ -234,13 +233,7 @@ impl Engine {
         let mut rows = std::mem::take(&mut state.pending);
         let mut update = update;
         self.mask(redaction.as_deref(), &mut rows, &mut update);
-        let succeeded = matches!(
-            update,
-            RunUpdate::Finish {
-                status: RunStatus::Succeeded,
-                ..
-            }
-        );
+        let succeeded = update.succeeded();
         let redacted_event = match &redaction {
             Some(r) if succeeded => Some(r.event.clone()),
             _ => None,
@@ -576,13 +569,7 @@ impl Engine {
             .get(run_id)
             .cloned();
         self.mask(redaction.as_deref(), &mut rows, &mut update);
-        let succeeded = matches!(
-            update,
-            RunUpdate::Finish {
-                status: RunStatus::Succeeded,
-                ..
-            }
-        );
+        let succeeded = update.succeeded();
         let write = StepWrite {
             run_id: run_id.to_owned(),
             owner: self.owner.clone(),

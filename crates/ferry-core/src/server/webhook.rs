@@ -11,8 +11,8 @@ use serde_json::{Map, Value as Json, json};
 use super::{ApiError, AppState};
 use crate::flow::Flow;
 use crate::store::{Dedupe, Ingested, Lease, NewRun};
-use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body_fast};
-use crate::trigger::{Body as EventBody, Event};
+use crate::trigger::Event;
+use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body, parse_body_fast};
 
 pub(super) async fn receive(
     State(state): State<Arc<AppState>>,
@@ -94,11 +94,11 @@ pub(super) async fn receive(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let body =
-        parse_body_fast(content_type, &bytes, state.limits.max_depth).map_err(|e| match e {
-            BodyError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
-            other => ApiError::BadRequest(other.to_string()),
-        })?;
+    let max_depth = state.limits.max_depth;
+    let bad_body = |e: BodyError| match e {
+        BodyError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(e.to_string()),
+        other => ApiError::BadRequest(other.to_string()),
+    };
 
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
@@ -124,15 +124,14 @@ pub(super) async fn receive(
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
     let event = match verified {
-        None => crate::trigger::event_parts(body, &headers, &query, &method, &path, now),
+        None => {
+            let body = parse_body_fast(content_type, &bytes, max_depth).map_err(bad_body)?;
+            crate::trigger::event_parts(body, &headers, &query, &method, &path, now)
+        }
+        // The event is scrubbed and amended, so it is built as a tree (from the text: jq
+        // values would hold an integer beyond i64 as a float).
         Some(v) => {
-            let body = match body {
-                // From the text, not the jq values: those hold an integer beyond i64 as a
-                // float, and the body is stored as received.
-                EventBody::Json { text, .. } => serde_json::from_str(text)
-                    .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?,
-                EventBody::Other(v) => v,
-            };
+            let body = parse_body(content_type, &bytes, max_depth).map_err(bad_body)?;
             let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
             // A key or token the sender put in a header or the query is not stored.
             state.engine.secrets.scrub_json(&mut event);

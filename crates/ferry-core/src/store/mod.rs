@@ -194,6 +194,19 @@ pub enum RunUpdate {
     },
 }
 
+impl RunUpdate {
+    /// The run ends, succeeded.
+    pub fn succeeded(&self) -> bool {
+        matches!(
+            self,
+            RunUpdate::Finish {
+                status: RunStatus::Succeeded,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StepWrite {
     pub run_id: String,

@@ -77,15 +77,37 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>, shared: Arc<
             continue;
         }
         waited = 0;
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
-            Ok(0) => {
+        match checkpoint(&conn) {
+            Ok(Checkpointed::Busy) => {}
+            Ok(_) => {
                 shared.passes.fetch_add(1, Ordering::Release);
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// What a `PASSIVE` checkpoint achieved.
+#[derive(PartialEq)]
+enum Checkpointed {
+    /// Another checkpoint was running.
+    Busy,
+    /// Some frames stay (a reader on an old snapshot holds them back).
+    Part,
+    /// Every frame of the WAL is in the database file: the next write starts the WAL over.
+    All,
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        let (busy, frames, copied): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        Ok(match busy {
+            0 if frames == copied => Checkpointed::All,
+            0 => Checkpointed::Part,
+            _ => Checkpointed::Busy,
+        })
+    })
 }
 
 /// The hand-off between the checkpointer and the writer (see [`checkpointer`]).
@@ -298,19 +320,8 @@ fn writer_loop(
         let done = checkpoints.passes.load(Ordering::Acquire);
         if done != seen {
             seen = done;
-            // (busy, frames in the WAL, frames copied back): caught up when all were copied
-            // (a reader on an old snapshot can hold some back).
-            let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            });
-            match copied {
-                Ok((0, frames, done_frames)) if frames == done_frames => {
-                    checkpoints.caught_up.store(done, Ordering::Release)
-                }
+            match checkpoint(&conn) {
+                Ok(Checkpointed::All) => checkpoints.caught_up.store(done, Ordering::Release),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "catch-up checkpoint failed"),
             }
