@@ -7,9 +7,7 @@
 //! issued, unaltered".
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -24,9 +22,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value as Json, json};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+#[path = "support/node.rs"]
+mod node;
+use node::{NodeServer, repo};
 
 /// Installs the server once per test binary when it is missing.
 fn setup() {
@@ -46,41 +44,19 @@ fn setup() {
 }
 
 /// A running authorization server, stopped on drop.
-struct Provider {
-    url: String,
-    child: Child,
-    events: Arc<Mutex<Vec<Json>>>,
+struct Provider(NodeServer);
+
+impl std::ops::Deref for Provider {
+    type Target = NodeServer;
+    fn deref(&self) -> &NodeServer {
+        &self.0
+    }
 }
 
 impl Provider {
     fn start(env: &[(&str, &str)]) -> Provider {
         setup();
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(repo().join("tests/oauth"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("node starts (is node installed?)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = lines
-            .next()
-            .expect("the server prints its URL")
-            .unwrap()
-            .trim()
-            .to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Json>(&line) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
-        Provider { url, child, events }
+        Provider(NodeServer::start("oauth", env))
     }
 
     fn token_url(&self) -> String {
@@ -91,7 +67,7 @@ impl Provider {
     /// before it answers, and the log arrives on another thread.
     async fn token_requests(&self) -> Vec<Json> {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        self.events.lock().unwrap().clone()
+        self.lines.lock().unwrap().clone()
     }
 
     async fn issued(&self) -> usize {
@@ -100,13 +76,6 @@ impl Provider {
             .iter()
             .filter(|e| e["status"] == 200)
             .count()
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

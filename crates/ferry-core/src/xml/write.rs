@@ -185,26 +185,23 @@ fn attribute(out: &mut String, name: &str, value: &str, key: &str) -> Result<(),
     out.push(' ');
     out.push_str(name);
     out.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            // Literal tabs and line breaks in an attribute are read back as spaces
-            // (attribute-value normalization); character references survive it.
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c if is_xml_char(c) => out.push(c),
-            c => return Err(WriteError::InvalidChar(key.to_owned(), c)),
-        }
-    }
+    escape_checked(out, value, key, true)?;
     out.push('"');
     Ok(())
 }
 
 fn escape_text(out: &mut String, text: &str, key: &str) -> Result<(), WriteError> {
+    escape_checked(out, text, key, false)
+}
+
+/// Escapes element text, or a double-quoted attribute value when `attribute`, refusing what
+/// XML cannot hold at all.
+fn escape_checked(
+    out: &mut String,
+    text: &str,
+    key: &str,
+    attribute: bool,
+) -> Result<(), WriteError> {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -213,6 +210,11 @@ fn escape_text(out: &mut String, text: &str, key: &str) -> Result<(), WriteError
             '>' => out.push_str("&gt;"),
             // A literal CR is read back as LF (end-of-line normalization).
             '\r' => out.push_str("&#13;"),
+            '"' if attribute => out.push_str("&quot;"),
+            // Literal tabs and line breaks in an attribute are read back as spaces
+            // (attribute-value normalization); character references survive it.
+            '\t' if attribute => out.push_str("&#9;"),
+            '\n' if attribute => out.push_str("&#10;"),
             c if is_xml_char(c) => out.push(c),
             c => return Err(WriteError::InvalidChar(key.to_owned(), c)),
         }

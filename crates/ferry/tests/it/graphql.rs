@@ -5,21 +5,16 @@
 //! connection's `auth:`; it prints one JSON line per request it receives (idempotency key,
 //! accept header, operation name, variables), which the tests read back.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::harness::{Ferry, Project, Receiver};
+use crate::node::{NodeServer, repo};
 
 const TOKEN: &str = "gql-token-5f1c9a";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Installs the server once per test binary (the script itself is instant when installed).
 fn setup() {
@@ -33,46 +28,22 @@ fn setup() {
 }
 
 /// A running graphql-yoga server, stopped on drop.
-struct Server {
-    url: String,
-    child: Child,
-    requests: Arc<Mutex<Vec<Value>>>,
+struct Server(NodeServer);
+
+impl std::ops::Deref for Server {
+    type Target = NodeServer;
+    fn deref(&self) -> &NodeServer {
+        &self.0
+    }
 }
 
 impl Server {
     fn start() -> Server {
         setup();
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(repo().join("tests/graphql"))
-            .env("TOKEN", TOKEN)
-            .env("PORT", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("node starts (is node installed?)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = lines
-            .next()
-            .expect("the server prints its URL")
-            .unwrap()
-            .trim()
-            .to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let sink = requests.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
-        Server {
-            url,
-            child,
-            requests,
-        }
+        Server(NodeServer::start(
+            "graphql",
+            &[("TOKEN", TOKEN), ("PORT", "0")],
+        ))
     }
 
     /// The requests logged so far, once `n` have arrived (the log comes on another thread,
@@ -80,20 +51,13 @@ impl Server {
     async fn requests(&self, n: usize) -> Vec<Value> {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            let got = self.requests.lock().unwrap().clone();
+            let got = self.lines.lock().unwrap().clone();
             if got.len() >= n {
                 return got;
             }
             assert!(Instant::now() < until, "expected {n} requests, got {got:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

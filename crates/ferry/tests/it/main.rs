@@ -6,6 +6,8 @@ mod crash;
 mod examples;
 mod graphql;
 mod harness;
+#[path = "../../../ferry-core/tests/support/node.rs"]
+mod node;
 mod openapi;
 mod rest;
 mod retries;
