@@ -2,6 +2,7 @@
 //! run path costs, without a server, a disk or a load generator. `cargo bench -p ferry-core`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use ferry_core::expr::Reads;
 use std::hint::black_box;
 
 use ferry_core::expr::{RunContext, Template};
@@ -35,10 +36,17 @@ fn headers() -> serde_json::Map<String, serde_json::Value> {
     headers
 }
 
-/// What a webhook builds: the stored text and the jq value, without a serde_json tree.
-fn event_fast() -> ferry_core::trigger::Event {
-    let body =
-        ferry_core::trigger::webhook::parse_body_fast(Some("application/json"), BODY, 64).unwrap();
+/// What a webhook builds: the stored text and the jq value (of what `reads` names), without
+/// a serde_json tree.
+fn event_fast(reads: &Reads) -> ferry_core::trigger::Event {
+    let body_reads = reads.get("body").unwrap_or(Reads::nothing());
+    let body = ferry_core::trigger::webhook::parse_body_fast(
+        Some("application/json"),
+        BODY,
+        64,
+        body_reads,
+    )
+    .unwrap();
     ferry_core::trigger::event_parts(
         body,
         &headers(),
@@ -46,13 +54,27 @@ fn event_fast() -> ferry_core::trigger::Event {
         "POST",
         "/bench/e2e",
         1_795_000_000_000,
+        reads,
     )
 }
 
 fn hot(c: &mut Criterion) {
     c.bench_function("ingest: body to event text and jq value", |b| {
-        b.iter(event_fast)
+        b.iter(|| event_fast(&Reads::All))
     });
+    // The bench flows read `.event.body.email`, `.first_name` and `.last_name`.
+    let mut reads = Reads::default();
+    for src in [
+        ".event.body.email | ascii_downcase",
+        r#".event.body.first_name + " " + .event.body.last_name"#,
+    ] {
+        reads.add(ferry_core::expr::Expr::compile(src).unwrap().reads());
+    }
+    let reads = reads.get("event").unwrap().clone();
+    c.bench_function(
+        "ingest: body to event text and the jq values a flow reads",
+        |b| b.iter(|| event_fast(&reads)),
+    );
     c.bench_function("ingest: parse the body", |b| {
         b.iter(|| {
             ferry_core::trigger::webhook::parse_body(Some("application/json"), black_box(BODY), 64)

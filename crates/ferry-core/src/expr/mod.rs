@@ -9,6 +9,7 @@
 //! worker. The runaway thread itself cannot be stopped; it is counted and logged, and the pool
 //! replaces it (at most `MAX_RUNAWAYS` before new evaluations wait).
 
+mod reads;
 mod template;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 
+pub use reads::Reads;
 pub use template::{Part, Piece, Template, TemplateError, split_template};
 
 type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
@@ -58,6 +60,8 @@ pub struct Expr {
     /// For a plain path (`.steps.contact`, `.event.body.email`), its keys: the commonest
     /// template is walked directly instead of through jq's interpreter.
     path: Option<Arc<[Val]>>,
+    /// What it can read of its input (see `reads`).
+    reads: Arc<Reads>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -167,6 +171,7 @@ impl Expr {
             filter: Arc::new(filter),
             bounded: is_bounded(src),
             path: plain_path(src_trim),
+            reads: Arc::new(reads::reads(src)),
         })
     }
 
@@ -174,6 +179,12 @@ impl Expr {
     /// `is_bounded`); such expressions are evaluated inline, the rest on the blocking pool.
     pub fn is_bounded(&self) -> bool {
         self.bounded
+    }
+
+    /// What the expression can read of its input: a webhook builds only that part of an
+    /// event as jq values.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     pub fn source(&self) -> &str {

@@ -136,6 +136,23 @@ impl Template {
         }
     }
 
+    /// Adds to `into` what the expressions inside can read of the context.
+    pub fn add_reads(&self, into: &mut super::Reads) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Value(e) => into.add(e.reads()),
+            Template::Text(parts) => {
+                for p in parts {
+                    if let Part::Expr(e) = p {
+                        into.add(e.reads());
+                    }
+                }
+            }
+            Template::Array(items) => items.iter().for_each(|t| t.add_reads(into)),
+            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.add_reads(into)),
+        }
+    }
+
     /// True when rendering cannot depend on the context.
     pub fn is_literal(&self) -> bool {
         matches!(self, Template::Literal(_))

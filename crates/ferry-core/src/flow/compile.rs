@@ -36,6 +36,9 @@ pub struct Flow {
     pub redact_steps: Vec<(String, crate::redact::RedactPath)>,
     /// How long payloads of finished runs are kept.
     pub retention: Duration,
+    /// What the flow's expressions can read of `.event`: a webhook builds only that part of
+    /// an event as jq values (see `expr::Reads`).
+    pub event_reads: crate::expr::Reads,
 }
 
 /// Payloads of finished runs are kept this long unless a flow says otherwise.
@@ -255,6 +258,7 @@ pub(crate) fn compile_flow(
         diags,
         steps_before: Vec::new(),
         all_steps: ids,
+        reads: Default::default(),
     };
     let trigger = compile_trigger(&config.trigger, &mut cx);
     let mut steps = Vec::new();
@@ -315,6 +319,7 @@ pub(crate) fn compile_flow(
             ),
         }
     }
+    let event_reads = cx.reads.get("event").cloned().unwrap_or_default();
     if diags.len() > before {
         return None;
     }
@@ -330,6 +335,7 @@ pub(crate) fn compile_flow(
             redact_event,
             redact_steps,
             retention: config.retention.map(|d| d.0).unwrap_or(DEFAULT_RETENTION),
+            event_reads,
         },
         config.id.pos,
     ))

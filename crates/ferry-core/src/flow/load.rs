@@ -337,6 +337,26 @@ mod tests {
         }
     }
 
+    /// Ingest builds only what a flow's expressions read of the event: every expression
+    /// counts, the trigger's `dedupe:`, `if:` and steps after the first call included.
+    #[test]
+    fn a_flow_reads_what_any_of_its_expressions_reads() {
+        let text = "id: f\ntrigger: { webhook: { path: /h, dedupe: '{{ .event.headers.id }}' } }\nsteps:\n  - id: m\n    map: { a: '{{ .event.body.x | ascii_downcase }}' }\n  - id: l\n    if: '.event.query.go'\n    log: 'later {{ .event.body.y.z }}'\n";
+        let node = parse_yaml(text).unwrap();
+        let mut diags = Diagnostics::default();
+        let (flow, _) = compile_flow("f.yaml", text, &node, &HashMap::new(), &mut diags).unwrap();
+        let mut want = crate::expr::Reads::default();
+        for src in [".headers.id", ".body.x", ".query.go", ".body.y.z"] {
+            want.add(crate::expr::Expr::compile(src).unwrap().reads());
+        }
+        assert_eq!(flow.event_reads, want);
+        // One expression that reads the whole event makes the flow read all of it.
+        let text = text.replace(".event.body.y.z", ".event | tojson");
+        let node = parse_yaml(&text).unwrap();
+        let (flow, _) = compile_flow("f.yaml", &text, &node, &HashMap::new(), &mut diags).unwrap();
+        assert!(flow.event_reads.is_all());
+    }
+
     #[test]
     fn the_unchanged_flow_is_valid() {
         assert!(

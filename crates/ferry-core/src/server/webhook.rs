@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json, json};
 
 use super::{ApiError, AppState};
+use crate::expr::Reads;
 use crate::flow::Flow;
 use crate::store::{Dedupe, Ingested, Lease, NewRun};
 use crate::trigger::Event;
@@ -125,8 +126,11 @@ pub(super) async fn receive(
     let now = state.engine.clock.now_ms();
     let event = match verified {
         None => {
-            let body = parse_body_fast(content_type, &bytes, max_depth).map_err(bad_body)?;
-            crate::trigger::event_parts(body, &headers, &query, &method, &path, now)
+            let reads = &flow.event_reads;
+            let body_reads = reads.get("body").unwrap_or(Reads::nothing());
+            let body =
+                parse_body_fast(content_type, &bytes, max_depth, body_reads).map_err(bad_body)?;
+            crate::trigger::event_parts(body, &headers, &query, &method, &path, now, reads)
         }
         // The event is scrubbed and amended, so it is built as a tree (from the text: jq
         // values would hold an integer beyond i64 as a float).

@@ -1157,6 +1157,7 @@ mod tests {
             diags: &mut diags,
             steps_before: vec!["one".into()],
             all_steps: vec![],
+            reads: Default::default(),
         };
         for step in steps {
             let _ = compile(step.get("graphql").expect("a graphql step"), &mut cx);

@@ -858,6 +858,7 @@ mod tests {
             diags: &mut diags,
             steps_before: vec![],
             all_steps: vec![],
+            reads: Default::default(),
         };
         let compiled = compile(&node, &mut cx).is_some();
         assert_eq!(

@@ -258,6 +258,8 @@ pub struct CompileCx<'a> {
     pub steps_before: Vec<String>,
     /// Ids of every step in the flow (to tell "later" from "unknown").
     pub all_steps: Vec<String>,
+    /// What the expressions compiled so far can read of a run's context.
+    pub reads: crate::expr::Reads,
 }
 
 impl CompileCx<'_> {
@@ -318,6 +320,7 @@ impl CompileCx<'_> {
         };
         match Expr::compile(code) {
             Ok(e) => {
+                self.reads.add(e.reads());
                 self.check_step_refs(s.pos, text, base, code);
                 Some(e)
             }
@@ -338,6 +341,7 @@ impl CompileCx<'_> {
         match &node.value {
             Value::Str(s) => match Template::compile_str(s) {
                 Ok(t) => {
+                    t.add_reads(&mut self.reads);
                     if let Ok(pieces) = crate::expr::split_template(s) {
                         for (a, b) in pieces.into_iter().filter_map(Result::err) {
                             self.check_step_refs(node.pos, s, a, &s[a..b]);

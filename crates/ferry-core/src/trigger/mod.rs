@@ -6,6 +6,8 @@ pub mod webhook;
 use jaq_json::Val;
 use serde_json::{Map, Value as Json, json};
 
+use crate::expr::Reads;
+
 /// An event in the two forms the engine needs: the JSON text it is stored as, and jq values
 /// for the expressions that run while it is ingested. Built once per inbound request.
 pub struct Event {
@@ -32,7 +34,8 @@ pub enum Body<'a> {
 
 /// [`event`], without building a `serde_json` tree: the stored text is assembled around the
 /// body's own text, and the jq value around its parsed value. Keys in the order `event`
-/// gives them (alphabetical), so both builds read back alike.
+/// gives them (alphabetical), so both builds read back alike. Of the jq value, only what
+/// `reads` names is built (what a flow's expressions can read of `.event`).
 pub fn event_parts(
     body: Body<'_>,
     headers: &Map<String, Json>,
@@ -40,6 +43,7 @@ pub fn event_parts(
     method: &str,
     path: &str,
     received_at_ms: i64,
+    reads: &Reads,
 ) -> Event {
     let (body_text, body_val) = match body {
         Body::Json { text, val } => (std::borrow::Cow::Borrowed(text), val),
@@ -66,6 +70,8 @@ pub fn event_parts(
         text.push_str(value);
     }
     text.push('}');
+    // Only the parts the flow's expressions can read are built as jq values.
+    let wanted = |k: &str| reads.get(k).is_some();
     let obj = |m: &Map<String, Json>| {
         Val::obj(
             m.iter()
@@ -73,19 +79,19 @@ pub fn event_parts(
                 .collect(),
         )
     };
-    let val = Val::obj(
-        [
-            ("body", body_val),
-            ("headers", obj(headers)),
-            ("method", Val::from(method.to_owned())),
-            ("path", Val::from(path.to_owned())),
-            ("query", obj(query)),
-            ("received_at", Val::from(received_at)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (Val::from(k.to_owned()), v))
-        .collect(),
-    );
+    let mut fields = jaq_json::Map::default();
+    let mut put = |k: &str, v: &dyn Fn() -> Val| {
+        if wanted(k) {
+            fields.insert(Val::from(k.to_owned()), v());
+        }
+    };
+    put("body", &|| body_val.clone());
+    put("headers", &|| obj(headers));
+    put("method", &|| Val::from(method.to_owned()));
+    put("path", &|| Val::from(path.to_owned()));
+    put("query", &|| obj(query));
+    put("received_at", &|| Val::from(received_at.clone()));
+    let val = Val::obj(fields);
     Event { text, val }
 }
 
@@ -128,6 +134,7 @@ mod tests {
             "POST",
             "/h",
             1_700_000_000_000,
+            &Reads::All,
         );
         let body: Json = serde_json::from_str(raw).unwrap();
         let plain = Event::from_json(&event(
@@ -160,8 +167,9 @@ mod tests {
     #[test]
     fn a_body_with_other_escapes_is_stored_as_serde_json_writes_it() {
         let raw = br#"{"email": "zo\u00eb@example.com", "site": "https:\/\/shop.example\/zed", "n": "a\\u"}"#;
-        let body = webhook::parse_body_fast(Some("application/json"), raw, 64).unwrap();
-        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0);
+        let body =
+            webhook::parse_body_fast(Some("application/json"), raw, 64, &Reads::All).unwrap();
+        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0, &Reads::All);
         assert!(
             event.text.contains("zo\u{eb}@example.com"),
             "{}",
@@ -178,8 +186,9 @@ mod tests {
         );
         // Escapes serde_json writes too keep the body as it came.
         let raw = br#"{"a": "line\nbreak \"q\" \\u"}"#;
-        let body = webhook::parse_body_fast(Some("application/json"), raw, 64).unwrap();
-        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0);
+        let body =
+            webhook::parse_body_fast(Some("application/json"), raw, 64, &Reads::All).unwrap();
+        let event = event_parts(body, &Map::new(), &Map::new(), "POST", "/h", 0, &Reads::All);
         assert!(
             event.text.starts_with(r#"{"body":{"a": "line"#),
             "{}",

@@ -3,7 +3,14 @@
 //! Does not know HTTP servers: it takes bytes and header values and says what the event body
 //! is, or why not (each reason maps to one 4xx in `server`).
 
+use std::borrow::Cow;
+
+use jaq_json::{Num, Val};
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json};
+
+use crate::expr::Reads;
 
 /// Header names whose values are masked before an event is stored.
 pub const MASKED_HEADERS: &[&str] = &[
@@ -38,24 +45,121 @@ pub enum BodyError {
 
 /// [`parse_body`] for a webhook that stores what it receives: a JSON body is parsed straight
 /// into jq values (by serde_json, so it is checked as strictly, with the same messages) and
-/// keeps its text; other types are converted as `parse_body` does.
+/// keeps its text; other types are converted as `parse_body` does. Of a JSON body, only what
+/// `reads` names is built as jq values (the rest is checked and skipped): what the flow's
+/// expressions can read of `.event.body`.
 pub fn parse_body_fast<'a>(
     content_type: Option<&str>,
     bytes: &'a [u8],
     max_depth: usize,
+    reads: &Reads,
 ) -> Result<crate::trigger::Body<'a>, BodyError> {
     if is_json(content_type) && !bytes.is_empty() && !has_uncommon_escape(bytes) {
         let depth = json_depth(bytes);
         if depth > max_depth {
             return Err(BodyError::TooDeep(max_depth));
         }
-        let val =
-            serde_json::from_slice(bytes).map_err(|e| BodyError::MalformedJson(e.to_string()))?;
+        let val = if reads.is_all() {
+            serde_json::from_slice(bytes)
+        } else {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            Projected(reads)
+                .deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+        }
+        .map_err(|e| BodyError::MalformedJson(e.to_string()))?;
         // serde_json has checked every string, and JSON outside strings is ASCII.
         let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
         return Ok(crate::trigger::Body::Json { text, val });
     }
     parse_body(content_type, bytes, max_depth).map(crate::trigger::Body::Other)
+}
+
+/// Deserializes the parts of a JSON value that `.0` names as jq values, as jaq's own
+/// deserializer would build them; of an object read in part, other entries are skipped.
+struct Projected<'r>(&'r Reads);
+
+impl<'de> DeserializeSeed<'de> for Projected<'_> {
+    type Value = Val;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+        match self.0 {
+            Reads::All => Val::deserialize(d),
+            Reads::Keys(_) => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Projected<'_> {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
+        Ok(Val::Num(Num::from_integral(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val, E> {
+        Ok(Val::Num(Num::from_integral(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Val, E> {
+        Ok(Val::Num(Num::Float(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val, E> {
+        Ok(Val::utf8_str(v.as_bytes().to_vec()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Val, E> {
+        Ok(Val::utf8_str(v.into_bytes()))
+    }
+    fn visit_unit<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val, A::Error> {
+        std::iter::from_fn(|| seq.next_element::<Val>().transpose()).collect()
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+        let mut out = jaq_json::Map::default();
+        while let Some(Key(key)) = map.next_key()? {
+            match self.0.get(&key) {
+                Some(reads) => {
+                    let v = map.next_value_seed(Projected(reads))?;
+                    out.insert(Val::utf8_str(key.as_bytes().to_vec()), v);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Val::obj(out))
+    }
+}
+
+/// An object key, borrowed from the body when it has no escape.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// Whether a JSON text holds an escape serde_json does not write (`\uXXXX`, `\/`). Such a body
@@ -297,11 +401,81 @@ mod tests {
             let _ = parse_body(Some("application/xml"), &bytes, 16);
         }
 
+        /// A body built only in the parts a flow's expressions read answers every one of
+        /// those expressions as the whole body does, errors included; a malformed body is
+        /// refused alike.
+        #[test]
+        fn expressions_answer_alike_on_the_parts_they_read(
+            body in arb_json(),
+            picks in proptest::collection::vec(0..READERS.len(), 1..4),
+            cut in proptest::option::of(0usize..200),
+        ) {
+            let mut text = body.to_string();
+            if let Some(at) = cut.filter(|&at| at < text.len() && text.is_char_boundary(at)) {
+                text.truncate(at);
+            }
+            let exprs: Vec<crate::expr::Expr> = picks
+                .iter()
+                .map(|&i| crate::expr::Expr::compile(READERS[i]).unwrap())
+                .collect();
+            let mut reads = Reads::default();
+            for e in &exprs {
+                reads.add(e.reads());
+            }
+            let full = parse_body_fast(Some("application/json"), text.as_bytes(), 64, &Reads::All);
+            let part = parse_body_fast(Some("application/json"), text.as_bytes(), 64, &reads);
+            match (full, part) {
+                (Ok(crate::trigger::Body::Json { val: full, .. }), Ok(crate::trigger::Body::Json { val: part, .. })) => {
+                    for e in &exprs {
+                        prop_assert_eq!(e.eval(&full), e.eval(&part), "{}", e.source());
+                    }
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "full {:?}, in part {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
+
         #[test]
         fn depth_check_matches_real_nesting(depth in 1usize..100) {
             let doc = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
             prop_assert_eq!(json_depth(doc.as_bytes()), depth);
             prop_assert_eq!(parse_json(doc.as_bytes(), 64).is_ok(), depth <= 64);
         }
+    }
+
+    /// Expressions over a body (as its root), of the shapes flows use.
+    const READERS: &[&str] = &[
+        ".a",
+        ".a.b",
+        ".a.b.c | ascii_downcase",
+        ".b[0]",
+        ".a | keys",
+        ".a.c + .b",
+        "[.a.b, .c] | tojson",
+        ".a.b?.c",
+        ".c | length",
+        "{a} | tojson",
+        r#""\(.a.a)-\(.b.b)""#,
+        ".a.b as $x | $x.c",
+        "if .c then .a.a else .b end",
+        ".b.a.c.b",
+        "tojson",
+    ];
+
+    fn arb_json() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            (-1e6f64..1e6).prop_map(|f| json!(f)),
+            "[a-c é\\\"]{0,4}".prop_map(Json::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                proptest::collection::vec(("[a-c]", inner), 0..5)
+                    .prop_map(|kv| Json::Object(kv.into_iter().collect())),
+            ]
+        })
     }
 }
