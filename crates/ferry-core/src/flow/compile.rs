@@ -109,8 +109,8 @@ pub(crate) fn compile_connection(
     node: &Node,
     diags: &mut Diagnostics,
 ) -> Option<(Connection, Pos)> {
-    match node.parse::<ConnectionConfig>() {
-        Ok(c) => {
+    match parse_top::<ConnectionConfig>(file, node, diags, "see docs/flows.md#connection-files") {
+        Some((c, true)) => {
             if !valid_id(&c.id.value) {
                 diags.push(
                     Diagnostic::new(
@@ -161,13 +161,48 @@ pub(crate) fn compile_connection(
                 }
             }
         }
-        Err(e) => {
-            let hint = e
-                .hint
-                .unwrap_or_else(|| "see docs/flows.md#connection-files".into());
-            diags.push(Diagnostic::new(file, e.pos.unwrap_or(node.pos), e.message).hint(hint));
-            None
+        // Every error is reported already.
+        Some((_, false)) | None => None,
+    }
+}
+
+/// Reads the top of a flow or connection file, reporting every top-level key that is wrong
+/// (unknown, of the wrong type, an invalid value) instead of stopping at the first one:
+/// each is reported, left out, and the rest read again. Returns the value read without the
+/// wrong keys and whether there were none (`true`); `None` when a required key is missing
+/// or wrong, or the top is not a mapping (reported too).
+fn parse_top<T: serde::de::DeserializeOwned>(
+    file: &str,
+    node: &Node,
+    diags: &mut Diagnostics,
+    default_hint: &str,
+) -> Option<(T, bool)> {
+    let mut node = node.clone();
+    let mut left_out: Vec<String> = Vec::new();
+    loop {
+        let e = match node.parse::<T>() {
+            Ok(v) => return Some((v, left_out.is_empty())),
+            Err(e) => e,
+        };
+        // A required key that was left out for its own error: that error says enough.
+        if left_out
+            .iter()
+            .any(|k| e.message == format!("missing key `{k}`"))
+        {
+            return None;
         }
+        let pos = e.pos.unwrap_or(node.pos);
+        let hint = e.hint.unwrap_or_else(|| default_hint.to_owned());
+        diags.push(Diagnostic::new(file, pos, e.message).hint(hint));
+        // The top-level entry the error is in: the last whose key starts at or before it.
+        let Value::Map(entries) = &mut node.value else {
+            return None;
+        };
+        let at = (pos.line, pos.col);
+        let i = entries
+            .iter()
+            .rposition(|(k, _)| (k.pos.line, k.pos.col) <= at)?;
+        left_out.push(entries.remove(i).0.name);
     }
 }
 
@@ -219,19 +254,18 @@ pub(crate) fn compile_flow(
     source: &str,
     node: &Node,
     connections: &HashMap<String, Arc<Connection>>,
+    broken_connections: &[String],
     diags: &mut Diagnostics,
 ) -> Option<(Flow, Pos)> {
     let before = diags.len();
-    let config: FlowConfig = match node.parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let hint = e.hint.unwrap_or_else(|| {
-                "a flow file has `id`, `trigger` and `steps`; see docs/flows.md".into()
-            });
-            diags.push(Diagnostic::new(file, e.pos.unwrap_or(node.pos), e.message).hint(hint));
-            return None;
-        }
-    };
+    // Errors at the top are reported and the rest of the file is still checked (the trigger,
+    // every step); `diags.len() > before` below keeps such a flow from loading.
+    let (config, _) = parse_top::<FlowConfig>(
+        file,
+        node,
+        diags,
+        "a flow file has `id`, `trigger` and `steps`; see docs/flows.md",
+    )?;
     if !valid_id(&config.id.value) {
         diags.push(
             Diagnostic::new(
@@ -255,6 +289,7 @@ pub(crate) fn compile_flow(
         file,
         source,
         connections,
+        broken_connections,
         diags,
         steps_before: Vec::new(),
         all_steps: ids,
@@ -268,8 +303,11 @@ pub(crate) fn compile_flow(
             cx.steps_before.push(step.id.clone());
             step.seq = steps.len() as u32;
             steps.push(step);
-        } else if let Some(id) = step_node.get("id").and_then(Node::as_str) {
-            // Keep checking later steps' references against this id.
+        } else if let Some(id) = step_node.get("id").and_then(Node::as_str)
+            && !cx.steps_before.iter().any(|s| s == id)
+        {
+            // Keep checking later steps' references against this id (once: a duplicate id
+            // fails here too).
             cx.steps_before.push(id.to_owned());
         }
     }
@@ -583,7 +621,7 @@ mod tests {
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();
         let mut diags = Diagnostics::default();
-        let _ = compile_flow("f.yaml", flow, &node, &conns, &mut diags);
+        let _ = compile_flow("f.yaml", flow, &node, &conns, &[], &mut diags);
         diags.sort();
         diags.to_string()
     }
@@ -607,7 +645,8 @@ steps:
         conns.insert("crm".to_owned(), Arc::new(c));
         let node = crate::flow::node::parse_yaml(flow).unwrap();
         let mut diags = Diagnostics::default();
-        let (f, _) = compile_flow("f.yaml", flow, &node, &conns, &mut diags).expect("compiles");
+        let (f, _) =
+            compile_flow("f.yaml", flow, &node, &conns, &[], &mut diags).expect("compiles");
         let timeouts: Vec<Duration> = f.steps.iter().map(|s| s.timeout).collect();
         // The test connection's timeout is 5 s.
         assert_eq!(
@@ -651,6 +690,71 @@ steps:
           hint: step `e` runs later; a step can only read the results of steps before it
         f.yaml:15:23: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        ");
+    }
+
+    #[test]
+    fn errors_at_the_top_do_not_hide_the_rest_of_the_file() {
+        // Each top-level key in error is reported and left out; the trigger and the steps
+        // are still checked. A required key in error is reported once, not also as missing.
+        let flow = "\
+id: f
+descripton: a typo
+retention: banana
+trigger: { webhook: { path: /a, dedupe_window: 5 parsecs } }
+steps:
+  - id: a
+    htpp: { connection: crm, path: /x }
+  - id: a
+    map: { x: 1 }
+extra: 1
+";
+        insta::assert_snapshot!(errors(flow), @r#"
+        f.yaml:2:1: error: unknown key `descripton`
+          hint: did you mean `description`? allowed: id, description, trigger, steps, redact, retention
+        f.yaml:3:12: error: invalid duration `banana` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
+          hint: a flow file has `id`, `trigger` and `steps`; see docs/flows.md
+        f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
+          hint: see docs/flows.md for the keys each part takes
+        f.yaml:7:5: error: unknown step kind `htpp`
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log
+        f.yaml:8:9: error: duplicate step id `a`
+          hint: first used at line 6; step ids must be unique
+        f.yaml:10:1: error: unknown key `extra`
+          hint: allowed: id, description, trigger, steps, redact, retention
+        "#);
+        insta::assert_snapshot!(errors("id: f\ntrigger: { manual: {} }\nsteps: 3\n"), @r"
+        f.yaml:3:8: error: expected a sequence, found integer `3`
+          hint: a flow file has `id`, `trigger` and `steps`; see docs/flows.md
+        ");
+    }
+
+    #[test]
+    fn every_error_in_a_connection_file_is_reported() {
+        let text = "id: c\nbase_url: http://x\ntimout: 5s\nretry: { attempts: lots }\n";
+        let node = crate::flow::node::parse_yaml(text).unwrap();
+        let mut diags = Diagnostics::default();
+        assert!(compile_connection("c.yaml", &node, &mut diags).is_none());
+        insta::assert_snapshot!(diags.to_string(), @r#"
+        c.yaml:3:1: error: unknown key `timout`
+          hint: did you mean `timeout`? allowed: id, description, base_url, headers, timeout, retry, max_response_bytes, redact, auth, tls, redirects, openapi
+        c.yaml:4:20: error: expected u32, found string "lots"
+          hint: see docs/flows.md#connection-files
+        "#);
+    }
+
+    #[test]
+    fn a_step_naming_a_connection_whose_file_has_errors_says_so() {
+        let flow = "id: f\ntrigger: { manual: {} }\nsteps:\n  - id: a\n    http: { connection: shop, path: /x }\n";
+        let node = crate::flow::node::parse_yaml(flow).unwrap();
+        let mut diags = Diagnostics::default();
+        let broken = ["shop".to_owned()];
+        assert!(
+            compile_flow("f.yaml", flow, &node, &HashMap::new(), &broken, &mut diags).is_none()
+        );
+        insta::assert_snapshot!(diags.to_string(), @r"
+        f.yaml:5:25: error: connection `shop` has errors
+          hint: fix its file first; its errors are listed with it
         ");
     }
 

@@ -187,6 +187,8 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
 
     let mut project = Project::default();
     let mut conn_files: HashMap<String, String> = HashMap::new();
+    // Ids of connection files that have errors: a flow naming one is not told it is unknown.
+    let mut broken_connections: Vec<String> = Vec::new();
     let mut flow_files: HashMap<String, String> = HashMap::new();
     let mut webhook_paths: HashMap<String, String> = HashMap::new();
     for (kind, src) in &sources {
@@ -215,6 +217,8 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
                         continue;
                     }
                     project.connections.insert(conn.id.clone(), Arc::new(conn));
+                } else if let Some(id) = node.get("id").and_then(|n| n.as_str()) {
+                    broken_connections.push(id.to_owned());
                 }
             }
             Kind::Flow => {
@@ -223,6 +227,7 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
                     &src.text,
                     &node,
                     &project.connections,
+                    &broken_connections,
                     &mut diags,
                 ) {
                     if let Some(first) = flow_files.insert(flow.id.clone(), src.shown.clone()) {
@@ -293,7 +298,7 @@ pub fn check_source(file: &str, text: &str) -> Diagnostics {
     if text.lines().any(|l| l.starts_with("base_url:")) {
         let _ = compile_connection(file, &node, &mut diags);
     } else {
-        let _ = compile_flow(file, text, &node, &HashMap::new(), &mut diags);
+        let _ = compile_flow(file, text, &node, &HashMap::new(), &[], &mut diags);
     }
     diags
 }
@@ -344,7 +349,8 @@ mod tests {
         let text = "id: f\ntrigger: { webhook: { path: /h, dedupe: '{{ .event.headers.id }}' } }\nsteps:\n  - id: m\n    map: { a: '{{ .event.body.x | ascii_downcase }}' }\n  - id: l\n    if: '.event.query.go'\n    log: 'later {{ .event.body.y.z }}'\n";
         let node = parse_yaml(text).unwrap();
         let mut diags = Diagnostics::default();
-        let (flow, _) = compile_flow("f.yaml", text, &node, &HashMap::new(), &mut diags).unwrap();
+        let (flow, _) =
+            compile_flow("f.yaml", text, &node, &HashMap::new(), &[], &mut diags).unwrap();
         let mut want = crate::expr::Reads::default();
         for src in [".headers.id", ".body.x", ".query.go", ".body.y.z"] {
             want.add(crate::expr::Expr::compile(src).unwrap().reads());
@@ -353,7 +359,8 @@ mod tests {
         // One expression that reads the whole event makes the flow read all of it.
         let text = text.replace(".event.body.y.z", ".event | tojson");
         let node = parse_yaml(&text).unwrap();
-        let (flow, _) = compile_flow("f.yaml", &text, &node, &HashMap::new(), &mut diags).unwrap();
+        let (flow, _) =
+            compile_flow("f.yaml", &text, &node, &HashMap::new(), &[], &mut diags).unwrap();
         assert!(flow.event_reads.is_all());
     }
 

@@ -564,7 +564,7 @@ mod tests {
             flow_steps.trim_start_matches('\n')
         );
         let node = crate::flow::node::parse_yaml(&flow).unwrap();
-        let _ = crate::flow::compile::compile_flow("f.yaml", &flow, &node, &conns, &mut diags);
+        let _ = crate::flow::compile::compile_flow("f.yaml", &flow, &node, &conns, &[], &mut diags);
         diags.sort();
         diags.to_string()
     }

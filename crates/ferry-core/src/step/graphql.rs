@@ -1154,6 +1154,7 @@ mod tests {
             file: "f.yaml",
             source: &flow,
             connections: &conns,
+            broken_connections: &[],
             diags: &mut diags,
             steps_before: vec!["one".into()],
             all_steps: vec![],

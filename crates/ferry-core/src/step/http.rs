@@ -855,6 +855,7 @@ mod tests {
             file: "f.yaml",
             source: yaml,
             connections: &conns,
+            broken_connections: &[],
             diags: &mut diags,
             steps_before: vec![],
             all_steps: vec![],

@@ -253,6 +253,8 @@ pub struct CompileCx<'a> {
     pub file: &'a str,
     pub source: &'a str,
     pub connections: &'a HashMap<String, Arc<Connection>>,
+    /// Ids of connection files that failed to load (their errors are reported already).
+    pub broken_connections: &'a [String],
     pub diags: &'a mut Diagnostics,
     /// Ids of the steps before the one being compiled (what `.steps.X` may name).
     pub steps_before: Vec<String>,
@@ -422,6 +424,14 @@ impl CompileCx<'_> {
     pub fn connection(&mut self, name: &Spanned<String>) -> Option<Arc<Connection>> {
         match self.connections.get(name.value.as_str()) {
             Some(c) => Some(c.clone()),
+            None if self.broken_connections.contains(&name.value) => {
+                self.error(
+                    name.pos,
+                    format!("connection `{}` has errors", name.value),
+                    Some("fix its file first; its errors are listed with it".into()),
+                );
+                None
+            }
             None => {
                 let known: Vec<&str> = self.connections.keys().map(String::as_str).collect();
                 let hint = match crate::diag::did_you_mean(&name.value, known.iter().copied()) {
