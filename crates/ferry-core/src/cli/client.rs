@@ -6,16 +6,15 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
+/// Where `ferry runs` and `ferry dlq` look without `--server` and without `DATA/server.url`.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 #[derive(clap::Args)]
 pub(super) struct ServerArgs {
-    /// The server's base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "FERRY_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    server: String,
+    /// The server's base URL (default: the address in DATA/server.url, which `ferry serve`
+    /// writes, else http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "FERRY_SERVER")]
+    server: Option<String>,
     /// Admin API key (default: FERRY_ADMIN_KEY, else DATA/admin.key).
     #[arg(long, global = true, env = "FERRY_ADMIN_KEY", hide_env_values = true)]
     key: Option<String>,
@@ -75,7 +74,16 @@ pub(super) struct Client {
 
 impl Client {
     fn new(args: ServerArgs) -> anyhow::Result<Client> {
-        Client::connect(args.server, args.key, &args.data)
+        // A server started with `--listen 127.0.0.1:0` (or any other address) is found
+        // through its data folder, as `ferry secrets` finds it.
+        let server = args
+            .server
+            .or_else(|| {
+                let url = std::fs::read_to_string(args.data.join("server.url")).ok()?;
+                Some(url.trim().to_owned()).filter(|u| !u.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        Client::connect(server, args.key, &args.data)
     }
 
     /// A client for the server at `server`, with `key` or else `DATA/admin.key`.

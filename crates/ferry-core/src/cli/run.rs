@@ -67,6 +67,13 @@ fn project_dir(flow: &Path) -> PathBuf {
 }
 
 pub(super) async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // A flow file that is not there is an operational error (exit 2), not an invalid flow.
+    if !args.flow.is_file() {
+        anyhow::bail!(
+            "cannot read the flow file `{}`: no such file",
+            args.flow.display()
+        );
+    }
     let dir = args
         .project
         .clone()

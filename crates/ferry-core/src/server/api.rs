@@ -40,9 +40,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/erase", post(erase))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            // axum adds the route's own `Allow` header to this answer.
             ApiError::MethodNotAllowed {
                 method: method.to_string(),
-                allowed: "see docs/api.md".into(),
+                allowed: String::new(),
             }
         })
         .with_state(state)

@@ -23,7 +23,9 @@ pub enum ApiError {
     VerifierUnavailable,
     #[error("{0}")]
     NotFound(String),
-    #[error("method `{method}` is not allowed here; allowed: {allowed}")]
+    /// `allowed` is the `Allow` header's value; empty when the router sets that header
+    /// itself (management API routes).
+    #[error("method `{method}` is not allowed here; {}", allowed_text(allowed))]
     MethodNotAllowed { method: String, allowed: String },
     #[error("{0}")]
     Conflict(String),
@@ -37,6 +39,13 @@ pub enum ApiError {
     Unavailable,
     #[error("internal error")]
     Internal(String),
+}
+
+fn allowed_text(allowed: &str) -> String {
+    match allowed {
+        "" => "the `Allow` header lists the methods this route takes".into(),
+        methods => format!("allowed: {methods}"),
+    }
 }
 
 impl ApiError {
@@ -138,7 +147,7 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
-            ApiError::MethodNotAllowed { allowed, .. } => {
+            ApiError::MethodNotAllowed { allowed, .. } if !allowed.is_empty() => {
                 if let Ok(v) = HeaderValue::from_str(allowed) {
                     headers.insert(header::ALLOW, v);
                 }

@@ -114,4 +114,56 @@ async fn run_executes_a_flow_in_process_and_exits_by_its_outcome() {
     );
     let run: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["status"], "failed");
+
+    // A flow file that is not there is an operational error (2), not a failed run (1).
+    let out = tokio::process::Command::new(bin())
+        .arg("run")
+        .arg(project.path().join("flows/nope.yaml"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nope.yaml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn runs_and_dlq_find_a_server_on_any_port_through_its_data_folder() {
+    let flow = "id: f\ntrigger: { webhook: { path: /h } }\nsteps:\n  - id: m\n    map: { a: 1 }\n";
+    let project = Project::new(&[("flows/f.yaml", flow)], None);
+    let ferry = crate::harness::Ferry::start(&project);
+    let resp = ferry
+        .http
+        .post(ferry.url("/h"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // No --server: the address comes from DATA/server.url (the server is on a random port).
+    for args in [vec!["runs", "list"], vec!["dlq", "list"]] {
+        let out = tokio::process::Command::new(bin())
+            .args(&args)
+            .arg("--data")
+            .arg(&ferry.data)
+            .env_remove("FERRY_SERVER")
+            .env("FERRY_ADMIN_KEY", crate::harness::ADMIN_KEY)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[0] == "runs" {
+            assert!(stdout.contains(&id), "{stdout}");
+        }
+    }
 }

@@ -236,6 +236,17 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
         .unwrap();
     assert_eq!(resp.headers()["allow"], "POST");
     problem(resp, 405).await;
+    // A management API route names its own methods too.
+    let resp = ferry
+        .http
+        .delete(ferry.url("/api/v1/runs"))
+        .bearer_auth(crate::harness::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "GET,HEAD");
+    let v = problem(resp, 405).await;
+    assert!(v["detail"].as_str().unwrap().contains("`DELETE`"), "{v}");
 
     // Nothing of the above became a run.
     let (_, runs) = ferry.api(Method::GET, "/runs", None).await;
