@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::client::Client;
+use super::client::{Client, server_url};
 use crate::access::{Access, Caller, Role};
 use crate::secret::Vault;
 use crate::store::sqlite::SqliteStore;
@@ -101,22 +101,14 @@ impl Backend {
                 })
             }
             Err(StoreError::Conflict(_)) => {
-                let url =
-                    std::fs::read_to_string(t.data.join("server.url")).with_context(|| {
-                        format!(
-                            "the data folder `{}` is in use by a running server; pass --server URL",
-                            t.data.display()
-                        )
-                    })?;
-                say!(
-                    "the data folder is in use by the server at {}; going through its API",
-                    url.trim()
-                );
-                Ok(Backend::Api(Client::connect(
-                    url.trim().to_owned(),
-                    t.key,
-                    &t.data,
-                )?))
+                let url = server_url(&t.data).with_context(|| {
+                    format!(
+                        "the data folder `{}` is in use by a running server; pass --server URL",
+                        t.data.display()
+                    )
+                })?;
+                say!("the data folder is in use by the server at {url}; going through its API");
+                Ok(Backend::Api(Client::connect(url, t.key, &t.data)?))
             }
             Err(e) => Err(e).with_context(|| format!("opening `{}`", t.data.display())),
         }

@@ -9,6 +9,12 @@ use serde_json::{Value, json};
 /// Where `ferry runs` and `ferry dlq` look without `--server` and without `DATA/server.url`.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
+/// The address a running `ferry serve` wrote to `DATA/server.url`, if any.
+pub(super) fn server_url(data: &std::path::Path) -> Option<String> {
+    let url = std::fs::read_to_string(data.join("server.url")).ok()?;
+    Some(url.trim().to_owned()).filter(|u| !u.is_empty())
+}
+
 #[derive(clap::Args)]
 pub(super) struct ServerArgs {
     /// The server's base URL (default: the address in DATA/server.url, which `ferry serve`
@@ -78,10 +84,7 @@ impl Client {
         // through its data folder, as `ferry secrets` finds it.
         let server = args
             .server
-            .or_else(|| {
-                let url = std::fs::read_to_string(args.data.join("server.url")).ok()?;
-                Some(url.trim().to_owned()).filter(|u| !u.is_empty())
-            })
+            .or_else(|| server_url(&args.data))
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         Client::connect(server, args.key, &args.data)
     }
