@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use ferry_core::store::Store;
+
 use crate::harness::{Ferry, Project, Receiver};
 
 const FLOW: &str = "\
@@ -21,52 +23,100 @@ steps:
     http: { url: '@RECEIVER@/b', body: '{{ .steps.shape }}' }
 ";
 
+/// Event id -> run id, for every event the server answered 202.
+type Acked = Arc<Mutex<HashMap<u64, String>>>;
+
+/// 16 senders post events to `url` for `for_ms`, recording each acknowledged one.
+fn load(url: String, acked: &Acked, round: u64, for_ms: u64) -> Vec<tokio::task::JoinHandle<()>> {
+    let stop_at = Instant::now() + Duration::from_millis(for_ms);
+    (0..16u64)
+        .map(|worker| {
+            let acked = acked.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut n = 0u64;
+                while Instant::now() < stop_at {
+                    let id = round * 100_000_000 + worker * 1_000_000 + n;
+                    n += 1;
+                    let resp = client
+                        .post(&url)
+                        .json(&json!({ "id": id }))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status() == 202 => {
+                            let v: Value = r.json().await.unwrap();
+                            let run = v["run_id"].as_str().unwrap().to_owned();
+                            acked.lock().unwrap().insert(id, run);
+                        }
+                        // Refused or cut off: not acknowledged, so nothing was promised.
+                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// What was true at the moment of one kill: the calls the receiver had seen, per
+/// Idempotency-Key (`run:step`), and the step results the store held, read from the database
+/// while no server runs.
+struct AtKill {
+    calls: HashMap<String, usize>,
+    committed: HashSet<String>,
+}
+
+fn calls_by_key(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for r in receiver.requests() {
+        *calls
+            .entry(r.header("idempotency-key").to_owned())
+            .or_default() += 1;
+    }
+    calls
+}
+
+async fn at_kill(ferry: &Ferry, receiver: &Receiver, acked: &Acked) -> AtKill {
+    let calls = calls_by_key(receiver);
+    let runs: Vec<String> = acked.lock().unwrap().values().cloned().collect();
+    let store = ferry_core::store::sqlite::SqliteStore::open(&ferry.data).expect("open the store");
+    let mut committed = HashSet::new();
+    for run in runs {
+        let Some(detail) = store.get_run(&run).await.expect("read a run") else {
+            panic!("acknowledged run {run} is not in the store");
+        };
+        for step in detail.steps {
+            if step.status == ferry_core::store::StepStatus::Succeeded {
+                committed.insert(format!("{run}:{}", step.path));
+            }
+        }
+    }
+    AtKill { calls, committed }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_no_acknowledged_event() {
+async fn kill_9_under_load_loses_no_acknowledged_event_and_reruns_no_committed_step() {
     let receiver = Receiver::start().await;
     // Slow partner: many runs are mid-flight when the server dies.
     receiver.set_delay(Some(Duration::from_millis(30)));
     let project = Project::new(&[("flows/crash.yaml", FLOW)], Some(&receiver));
     let mut ferry = Ferry::start(&project);
+    let acked: Acked = Arc::default();
 
-    let acked: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
-    let url = ferry.url("/in");
-    let stop_at = Instant::now() + Duration::from_millis(1500);
-    let mut senders = Vec::new();
-    for worker in 0..16u64 {
-        let acked = acked.clone();
-        let url = url.clone();
-        senders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut n = 0u64;
-            while Instant::now() < stop_at {
-                let id = worker * 1_000_000 + n;
-                n += 1;
-                let resp = client
-                    .post(&url)
-                    .json(&json!({ "id": id }))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status() == 202 => {
-                        let v: Value = r.json().await.unwrap();
-                        acked
-                            .lock()
-                            .unwrap()
-                            .insert(id, v["run_id"].as_str().unwrap().to_owned());
-                    }
-                    // Refused or cut off: not acknowledged, so nothing was promised.
-                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let killed_at_ms = chrono::Utc::now().timestamp_millis();
-    ferry.kill9();
-    for s in senders {
-        s.await.unwrap();
+    // Two kills: one under fresh load, one while the first kill's runs are being resumed and
+    // new ones arrive.
+    let mut kills = Vec::new();
+    for (round, kill_after_ms) in [(1, 700), (2, 400)] {
+        let senders = load(ferry.url("/in"), &acked, round, 1200);
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        ferry.kill9();
+        for s in senders {
+            s.await.unwrap();
+        }
+        kills.push(at_kill(&ferry, &receiver, &acked).await);
+        ferry.restart();
     }
     let acked = acked.lock().unwrap().clone();
     assert!(
@@ -74,9 +124,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         "too little load to mean anything: {}",
         acked.len()
     );
-
     receiver.set_delay(None);
-    ferry.restart();
 
     // Every acknowledged event reaches both steps of its flow.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -99,43 +147,70 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    // Retries of one step carry one Idempotency-Key, made of the run and the step.
-    let mut a_calls: HashMap<u64, usize> = HashMap::new();
-    for r in receiver.requests_to("/a") {
-        let id = r.json()["id"].as_u64().unwrap();
-        *a_calls.entry(id).or_default() += 1;
-        if let Some(run_id) = acked.get(&id) {
-            assert_eq!(r.header("idempotency-key"), format!("{run_id}:a"));
-        }
-    }
-
-    // A step whose result was committed before the kill was not run again.
-    let mut checked = 0;
-    for (id, run_id) in acked.iter().take(400) {
+    for run_id in acked.values() {
         let run = ferry.wait_final(run_id, Duration::from_secs(30)).await;
         assert_eq!(run["status"], "succeeded", "{run:#}");
-        let a = run["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == "a")
-            .unwrap();
-        let finished = chrono::DateTime::parse_from_rfc3339(a["finished_at"].as_str().unwrap())
-            .unwrap()
-            .timestamp_millis();
-        if finished < killed_at_ms - 50 {
-            checked += 1;
-            assert_eq!(
-                a_calls.get(id),
-                Some(&1),
-                "step `a` of event {id} ran again after its result was stored"
-            );
+    }
+
+    // Retries of one step carry one Idempotency-Key, made of the run and the step.
+    for r in receiver.requests() {
+        let id = r.json()["id"].as_u64().unwrap();
+        if let Some(run_id) = acked.get(&id) {
+            let step = r.path.trim_start_matches('/');
+            assert_eq!(r.header("idempotency-key"), format!("{run_id}:{step}"));
         }
     }
+
+    let finally = calls_by_key(&receiver);
+    let mut rerun_in_flight = 0;
+    for (k, kill) in kills.iter().enumerate() {
+        let kill_no = k + 1;
+        for step in ["a", "b"] {
+            assert!(
+                kill.committed
+                    .iter()
+                    .any(|key| key.ends_with(&format!(":{step}"))),
+                "kill {kill_no}: no result of step `{step}` was stored before it; the test proved nothing"
+            );
+        }
+        // A step whose result was stored before the kill was not called again after it.
+        for key in &kill.committed {
+            assert_eq!(
+                finally.get(key),
+                kill.calls.get(key),
+                "kill {kill_no}: step `{key}` was stored before the kill, and called again after it"
+            );
+        }
+        for run_id in acked.values() {
+            // A step that calls out is stored before the next one starts: if `b` had been
+            // called, `a`'s result was on disk.
+            if kill.calls.contains_key(&format!("{run_id}:b")) {
+                assert!(
+                    kill.committed.contains(&format!("{run_id}:a")),
+                    "kill {kill_no}: run {run_id} called `b` before the result of `a` was stored"
+                );
+            }
+            // What was in flight (called, not stored) is called again: at least once.
+            for step in ["a", "b"] {
+                let key = format!("{run_id}:{step}");
+                if kill.calls.contains_key(&key) && !kill.committed.contains(&key) {
+                    assert!(
+                        finally[&key] > kill.calls[&key],
+                        "kill {kill_no}: `{key}` was in flight and never finished"
+                    );
+                    rerun_in_flight += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} events acknowledged; stored at the kills: {:?}; {rerun_in_flight} steps in flight called again",
+        acked.len(),
+        kills.iter().map(|k| k.committed.len()).collect::<Vec<_>>()
+    );
     assert!(
-        checked > 0,
-        "no step finished before the kill; the test proved nothing"
+        rerun_in_flight > 0,
+        "no step was in flight at either kill; the test proved nothing"
     );
 }
 

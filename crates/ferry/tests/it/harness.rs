@@ -339,6 +339,8 @@ pub(crate) enum Fault {
 struct ReceiverState {
     requests: Mutex<Vec<Recorded>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// Faults for one path only, taken before the shared queue.
+    path_faults: Mutex<std::collections::HashMap<String, VecDeque<Fault>>>,
     /// Delay for every request (after scripted faults).
     delay: Mutex<Option<Duration>>,
 }
@@ -368,6 +370,17 @@ impl Receiver {
 
     pub(crate) fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.faults.lock().unwrap().extend(faults);
+    }
+
+    /// Scripts faults for requests to `path` only (whatever arrives first elsewhere).
+    pub(crate) fn fail_path(&self, path: &str, faults: impl IntoIterator<Item = Fault>) {
+        self.state
+            .path_faults
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default()
+            .extend(faults);
     }
 
     pub(crate) fn set_delay(&self, d: Option<Duration>) {
@@ -424,7 +437,13 @@ async fn record(
         body,
         at: Instant::now(),
     });
-    let fault = state.faults.lock().unwrap().pop_front();
+    let for_path = state
+        .path_faults
+        .lock()
+        .unwrap()
+        .get_mut(uri.path())
+        .and_then(VecDeque::pop_front);
+    let fault = for_path.or_else(|| state.faults.lock().unwrap().pop_front());
     let delay = *state.delay.lock().unwrap();
     match fault {
         Some(Fault::Status(s)) => {
