@@ -4,6 +4,8 @@
 //! state machine and why step positions are paths.
 
 mod executor;
+pub mod harness;
+mod ingest;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,13 +19,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use executor::{Observer, Prepared, StepReport, redact_detail};
+pub use ingest::IngestError;
 
 use crate::flow::Project;
 use crate::store::Store;
 
-/// Engine time, passed in so tests can control it.
+/// Engine time, passed in so tests (and `ferry test`) can control it: every due time the
+/// engine computes and every wait of its loops go through it.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
+    /// Resolves when `now_ms() >= at_ms`, or earlier (callers look at the time again).
+    fn sleep_until(&self, at_ms: i64) -> futures::future::BoxFuture<'static, ()>;
 }
 
 pub struct SystemClock;
@@ -31,6 +37,48 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         chrono::Utc::now().timestamp_millis()
+    }
+
+    fn sleep_until(&self, at_ms: i64) -> futures::future::BoxFuture<'static, ()> {
+        let ms = at_ms.saturating_sub(self.now_ms()).max(0) as u64;
+        Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
+    }
+}
+
+/// Time that moves only when told to ([`ManualClock::advance`]): a retry due in an hour is
+/// due the moment the clock is advanced by an hour, and not a millisecond earlier.
+pub struct ManualClock {
+    now_ms: tokio::sync::watch::Sender<i64>,
+}
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> ManualClock {
+        ManualClock {
+            now_ms: tokio::sync::watch::Sender::new(start_ms),
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.now_ms.send_modify(|now| *now += by.as_millis() as i64);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        *self.now_ms.borrow()
+    }
+
+    fn sleep_until(&self, at_ms: i64) -> futures::future::BoxFuture<'static, ()> {
+        // Subscribed before the time is read, so an advance in between is not missed.
+        let mut moved = self.now_ms.subscribe();
+        let due = *moved.borrow_and_update() >= at_ms;
+        Box::pin(async move {
+            while !due && *moved.borrow_and_update() < at_ms {
+                if moved.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 }
 
@@ -114,6 +162,12 @@ impl Engine {
 
     pub fn with_secrets(mut self, secrets: Arc<crate::secret::Vault>) -> Engine {
         self.secrets = secrets;
+        self
+    }
+
+    /// Engine time from `clock` instead of the system's (tests, `ferry test`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
+        self.clock = clock;
         self
     }
 
@@ -238,7 +292,7 @@ impl Engine {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(every) => {}
+                        _ = engine.clock.sleep_until(engine.clock.now_ms() + every.as_millis() as i64) => {}
                     }
                     let until = engine.clock.now_ms() + lease_ms;
                     if let Err(e) = engine.store.renew_leases(&engine.owner, until).await {
@@ -254,7 +308,7 @@ impl Engine {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(engine.config.maintenance_every) => {}
+                        _ = engine.clock.sleep_until(engine.clock.now_ms() + engine.config.maintenance_every.as_millis() as i64) => {}
                     }
                     if let Err(e) = engine.store.purge_dedupe(engine.clock.now_ms()).await {
                         tracing::warn!(error = %e, "purging dedupe keys failed");
@@ -304,14 +358,15 @@ impl Engine {
             if claimed_all {
                 continue;
             }
+            // Sleep until the next known due time, at most a second (other nodes and
+            // replays queue runs this node learns of only from the store).
+            let now = self.clock.now_ms();
             let hint = self.next_due_hint.load(Ordering::Relaxed);
-            let wait = Duration::from_millis(
-                (hint.saturating_sub(self.clock.now_ms())).clamp(1, 1000) as u64,
-            );
+            let until = hint.clamp(now + 1, now + 1000);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.clock.sleep_until(until) => {}
             }
         }
         self.stopping.cancel();

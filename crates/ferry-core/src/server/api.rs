@@ -372,12 +372,7 @@ async fn replay_one(
     let from = replay_from(b.from.as_deref())?;
     let ids = state
         .engine
-        .store
-        .replay(
-            ReplaySelect::One(id.clone()),
-            from,
-            state.engine.clock.now_ms(),
-        )
+        .replay(ReplaySelect::One(id.clone()), from)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict(m) if m.starts_with("no run") => {
@@ -389,7 +384,6 @@ async fn replay_one(
         .access
         .audit(&caller, "run.replay", &id, Some(json!({ "from": b.from })))
         .await;
-    state.engine.wake();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "replayed": ids.len(), "run_ids": ids })),
@@ -425,12 +419,7 @@ async fn replay_bulk(
     };
     let ids = state
         .engine
-        .store
-        .replay(
-            ReplaySelect::Matching(filter),
-            from,
-            state.engine.clock.now_ms(),
-        )
+        .replay(ReplaySelect::Matching(filter), from)
         .await?;
     state
         .access
@@ -441,7 +430,6 @@ async fn replay_bulk(
             Some(json!({ "selector": selector, "replayed": ids.len() })),
         )
         .await;
-    state.engine.wake();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "replayed": ids.len(), "run_ids": ids })),

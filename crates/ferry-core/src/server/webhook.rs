@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json, json};
 
 use super::{ApiError, AppState};
+use crate::engine::IngestError;
 use crate::expr::Reads;
 use crate::flow::Flow;
-use crate::store::{Dedupe, Ingested, Lease, NewRun};
+use crate::store::Ingested;
 use crate::trigger::Event;
 use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body, parse_body_fast};
 
@@ -160,9 +161,7 @@ pub(super) async fn ingest(
     ingest_with_id(state, flow, Event::from_json(&event), now, None).await
 }
 
-/// [`ingest`], with the message id a verified sender gave (Standard Webhooks' `webhook-id`,
-/// GitHub's delivery id…): without a `dedupe:` of its own, the flow deduplicates on it, so a
-/// replayed signed message starts nothing.
+/// [`ingest`], with the message id a verified sender gave (see [`crate::engine::Engine::ingest`]).
 async fn ingest_with_id(
     state: &AppState,
     flow: &Arc<Flow>,
@@ -170,82 +169,12 @@ async fn ingest_with_id(
     now: i64,
     message_id: Option<String>,
 ) -> Result<(StatusCode, String), ApiError> {
-    let mut dedupe = None;
-    if let (Some(w), Some(id)) = (flow.webhook(), message_id)
-        && w.dedupe.is_none()
-    {
-        dedupe = Some(Dedupe {
-            key: format!("message-id:{id}"),
-            expires_at_ms: now + w.dedupe_window.as_millis() as i64,
-        });
-    }
-    if let Some(w) = flow.webhook()
-        && let Some(expr) = &w.dedupe
-    {
-        let ctx = crate::expr::event_context(&event.val);
-        let key = crate::expr::eval_value(expr, &ctx, state.engine.config.expr_timeout)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("dedupe expression failed: {e}")))?;
-        let key = match key {
-            Json::Null => None,
-            Json::String(s) if s.is_empty() => None,
-            Json::String(s) => Some(s),
-            other => Some(other.to_string()),
-        };
-        dedupe = key.map(|key| Dedupe {
-            key,
-            expires_at_ms: now + w.dedupe_window.as_millis() as i64,
-        });
-    }
-    // The flow's leading steps that only compute run now, and their results go into the same
-    // write as the event: a flow of such steps is done in one write.
-    let run_id = crate::util::new_run_id();
-    let Event {
-        text: event_text,
-        val: event,
-    } = event;
-    let mut prepared = state
-        .engine
-        .prepare(flow, &run_id, event, &event_text)
-        .await;
-    // With a free worker here, a run that goes on is stored already leased to this node and
-    // goes on at once: one write instead of an insert plus a claim.
-    let permit = if prepared.finished() {
-        None
-    } else {
-        state.engine.reserve()
-    };
-    let lease = permit.as_ref().map(|_| Lease {
-        owner: state.engine.owner.clone(),
-        until_ms: state.engine.lease_until(now),
-    });
-    let run = NewRun {
-        id: run_id,
-        flow: flow.id.clone(),
-        flow_version: flow.version.clone(),
-        event: prepared.redacted_event.take().unwrap_or(event_text),
-        dedupe,
-        now_ms: now,
-        lease,
-        steps: std::mem::take(&mut prepared.rows),
-        update: prepared.update.clone(),
-    };
-    match state.engine.store.ingest(run).await? {
-        Ingested::Created(id) => {
-            if prepared.finished() {
-                state.engine.count_finished();
-            } else {
-                match permit {
-                    Some(permit) => {
-                        state
-                            .engine
-                            .start_prepared(flow.clone(), id.clone(), prepared, permit)
-                    }
-                    None => state.engine.wake(),
-                }
-            }
-            Ok((StatusCode::ACCEPTED, id))
-        }
-        Ingested::Duplicate(id) => Ok((StatusCode::OK, id)),
+    match state.engine.ingest(flow, event, now, message_id).await {
+        Ok(Ingested::Created(id)) => Ok((StatusCode::ACCEPTED, id)),
+        Ok(Ingested::Duplicate(id)) => Ok((StatusCode::OK, id)),
+        Err(IngestError::Dedupe(m)) => Err(ApiError::BadRequest(format!(
+            "dedupe expression failed: {m}"
+        ))),
+        Err(IngestError::Store(e)) => Err(e.into()),
     }
 }
