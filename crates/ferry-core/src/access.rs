@@ -257,7 +257,9 @@ pub fn audit_json(e: AuditEntry) -> Json {
 
 /// Deletes every stored payload that contains `subject` (an e-mail, a customer id…) and
 /// records the erasure in the audit log, by a hash of the subject (the log must not keep
-/// what was erased). Returns `{"runs", "in_flight"}`.
+/// what was erased). Returns `{"runs", "in_flight"}`. When the store deleted the rows but
+/// could not yet remove their old versions from its files, the error says so, and the log
+/// records that too.
 pub async fn erase(store: &dyn Store, by: &Caller, subject: &str) -> Result<Json, AccessError> {
     let subject = subject.trim();
     if subject.chars().count() < 3 {
@@ -265,21 +267,42 @@ pub async fn erase(store: &dyn Store, by: &Caller, subject: &str) -> Result<Json
             "the subject must have at least 3 characters (a shorter one would match almost everything)".into(),
         ));
     }
-    // As it appears inside stored JSON text.
-    let escaped = serde_json::to_string(subject).expect("a string serializes");
-    let needle = escaped[1..escaped.len() - 1].to_owned();
-    let (runs, in_flight) = store.erase(needle, crate::util::now_ms()).await?;
+    let outcome = store
+        .erase(stored_forms(subject), crate::util::now_ms())
+        .await;
     // Matching ignores ASCII case (SQLite LIKE); so does the hash in the log.
     let digest = hex::encode(Sha256::digest(subject.to_ascii_lowercase().as_bytes()));
-    record(
-        store,
-        by,
-        "erase",
-        &format!("sha256:{}", &digest[..16]),
-        Some(json!({ "runs": runs, "in_flight": in_flight })),
-    )
-    .await;
+    let detail = match &outcome {
+        Ok((runs, in_flight)) => Some(json!({ "runs": runs, "in_flight": in_flight })),
+        // The rows are gone; old versions of them are still in the store's files.
+        Err(StoreError::Conflict(m)) => Some(json!({ "incomplete": m })),
+        Err(_) => None,
+    };
+    if let Some(detail) = detail {
+        let target = format!("sha256:{}", &digest[..16]);
+        record(store, by, "erase", &target, Some(detail)).await;
+    }
+    let (runs, in_flight) = outcome?;
     Ok(json!({ "runs": runs, "in_flight": in_flight }))
+}
+
+/// The subject as it may appear in the store: inside JSON text (events, step records), as
+/// written (a dedupe key), and URL-encoded (a recorded request's URL, where a template put
+/// it in a query string or a path: `grace%40example.com`). A run whose event was redacted
+/// may keep the subject only in such a URL.
+fn stored_forms(subject: &str) -> Vec<String> {
+    let json = serde_json::to_string(subject).expect("a string serializes");
+    let mut path = url::Url::parse("http://x/").expect("a URL");
+    path.path_segments_mut().expect("a base URL").push(subject);
+    let mut forms = vec![
+        json[1..json.len() - 1].to_owned(),
+        subject.to_owned(),
+        url::form_urlencoded::byte_serialize(subject.as_bytes()).collect(),
+        path.path()[1..].to_owned(),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,4 +311,29 @@ pub enum AccessError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_is_looked_for_in_each_form_it_may_be_stored_in() {
+        assert_eq!(
+            stored_forms("Grace.Hopper+ferry@example.com"),
+            [
+                "Grace.Hopper%2Bferry%40example.com",
+                "Grace.Hopper+ferry@example.com",
+            ]
+        );
+        assert_eq!(
+            stored_forms(r#"Zoë "Z" O'Neil"#),
+            [
+                r#"Zo%C3%AB%20%22Z%22%20O'Neil"#,
+                r#"Zo%C3%AB+%22Z%22+O%27Neil"#,
+                r#"Zoë "Z" O'Neil"#,
+                r#"Zoë \"Z\" O'Neil"#,
+            ]
+        );
+    }
 }

@@ -332,10 +332,22 @@ pub trait Store: Send + Sync + 'static {
         before_ms: i64,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<u64>>;
-    /// Deletes the payloads of every run whose event or step records contain `needle` (JSON
-    /// text, as stored), and dedupe keys that contain it. Returns (runs erased, of which
-    /// still in flight).
-    fn erase(&self, needle: String, now_ms: i64) -> BoxFuture<'_, Result<(u64, u64)>>;
+    /// Erases a subject: deletes the payloads of every run whose event, step records or
+    /// error contain one of `needles` (the subject in each form it may be stored in: JSON
+    /// text, URL-encoded…; ASCII case ignored), as `purge_payloads` does, and the dedupe
+    /// keys that contain one. Returns (runs erased, of which still queued or running).
+    ///
+    /// When it returns `Ok`, no needle is on any page of the store's files: not in the
+    /// tables or their indexes, not in free space, not in a write-ahead log, not in an old
+    /// version of a row kept for readers. Deleting rows alone does not give that: every
+    /// backend keeps old versions somewhere (SQLite: WAL frames, freed cells; PostgreSQL: dead
+    /// tuples until VACUUM, WAL segments until a checkpoint recycles them), and erase must
+    /// wait for them to go or overwrite them. Only what is written after it began can
+    /// hold a needle again (a run in flight, counted in the second number; a new event).
+    /// When old versions cannot be removed in time (a reader holds an old snapshot), the
+    /// rows are deleted all the same and it fails with `Conflict`, saying how many runs
+    /// were erased and what is left; erasing again, later, completes it.
+    fn erase(&self, needles: Vec<String>, now_ms: i64) -> BoxFuture<'_, Result<(u64, u64)>>;
 
     fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<()>>;
     /// Newest first; entries with `seq < before` when given.

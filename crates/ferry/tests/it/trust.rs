@@ -720,3 +720,147 @@ async fn redaction_retention_and_erase_remove_personal_data() {
     let kept = server.run(other["id"].as_str().unwrap()).await;
     assert_eq!(kept["event"]["body"]["plan"], "basic");
 }
+
+/// How often each form `subject` may be stored in (as sent, JSON-escaped, percent-encoded
+/// in a URL, any ASCII case) occurs in each file of the data folder.
+fn subject_copies(dir: &Path, subject: &str) -> Vec<String> {
+    let json = serde_json::to_string(subject).unwrap();
+    let forms = [
+        subject.to_owned(),
+        json[1..json.len() - 1].to_owned(),
+        // `\u0040` for `@`, as some JSON encoders write it.
+        subject.replace('@', "\\u0040"),
+        // In a query string (`application/x-www-form-urlencoded`).
+        subject
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                    char::from(b).to_string()
+                }
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>(),
+        subject.replace('@', "%40"),
+    ];
+    let mut found = Vec::new();
+    for (file, bytes) in data_bytes(dir) {
+        let hay = bytes.to_ascii_lowercase();
+        let mut seen = std::collections::BTreeSet::new();
+        for form in &forms {
+            let form = form.to_ascii_lowercase();
+            if !seen.insert(form.clone()) {
+                continue;
+            }
+            let n = hay
+                .windows(form.len())
+                .filter(|w| *w == form.as_bytes())
+                .count();
+            if n > 0 {
+                found.push(format!("{file}: {n} × `{form}`"));
+            }
+        }
+    }
+    found
+}
+
+/// Issue 12: after `ferry erase` through the running server the address was still in
+/// `ferry.db-wal` 572 times and in `ferry.db` 5 times (old pages in the WAL, and in the
+/// database file until a checkpoint copied the new ones over them). Once erase answers, no
+/// byte of the subject may be left in any file of the data folder, in any form it was
+/// stored in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_erase_the_subject_is_in_no_file_of_the_data_folder() {
+    const SUBJECT: &str = "Grace.Hopper+ferry@example.com";
+    let receiver = Receiver::start().await;
+    let project = Project::new(
+        &[
+            ("connections/crm.yaml", "id: crm\nbase_url: '@RECEIVER@'\n"),
+            (
+                "flows/signup.yaml",
+                "id: signup\ntrigger: { webhook: { path: /signup, dedupe: '[.event.body.n, .event.body.email]' } }\nsteps:\n  - id: contact\n    http: { connection: crm, method: POST, path: /contacts, query: { email: '{{ .event.body.email }}' }, body: { email: '{{ .event.body.email }}', n: '{{ .event.body.n }}' } }\n  - id: card\n    map: { hello: 'Dear {{ .event.body.email }}' }\n",
+            ),
+            (
+                "flows/masked.yaml",
+                "id: masked\ntrigger: { webhook: { path: /masked } }\nredact: ['.event.body.email', '.event.body.note']\nsteps:\n  - id: look_up\n    http: { connection: crm, method: GET, path: /people, query: { email: '{{ .event.body.email }}' } }\n",
+            ),
+        ],
+        Some(&receiver),
+    );
+    let server = Ferry::start(&project);
+    // Some upstream answers echo the request (URL, headers, body) as escaped JSON text.
+    receiver.fail_next((0..8).map(|_| Fault::Echo(200)));
+    let mut bodies = Vec::new();
+    for n in 0..40 {
+        let email = if n % 4 == 0 {
+            SUBJECT.to_owned()
+        } else {
+            format!("someone{n}@example.com")
+        };
+        let path = if n % 3 == 0 { "/masked" } else { "/signup" };
+        bodies.push((
+            path,
+            json!({ "n": n, "email": email, "note": format!("from {email}") }),
+        ));
+    }
+    let posts = bodies
+        .iter()
+        .map(|(path, body)| server.post_json(path, body, &[]));
+    let mut ids = Vec::new();
+    for resp in futures::future::join_all(posts).await {
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        ids.push(v["run_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let run = server.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    assert!(
+        !subject_copies(&server.data, SUBJECT).is_empty(),
+        "the test looks for the subject where it is stored"
+    );
+
+    // Other webhooks arrive, and the API is read, while the erase runs: it must not wait
+    // for quiet, and what they write holds no copy.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, http, url) = (stop.clone(), server.http.clone(), server.url(""));
+        async move {
+            let mut n = 100;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({ "n": n, "email": format!("later{n}@example.com") });
+                let posted = http.post(format!("{url}/signup")).json(&body).send();
+                let read = http
+                    .get(format!("{url}/api/v1/runs?limit=50"))
+                    .bearer_auth(ADMIN_KEY)
+                    .send();
+                let (posted, read) = tokio::join!(posted, read);
+                assert_eq!(posted.unwrap().status(), 202);
+                assert_eq!(read.unwrap().status(), 200);
+                n += 1;
+            }
+            n - 100
+        }
+    });
+    let url = server.url("");
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        ferry(
+            &["erase", "--subject", SUBJECT, "--server", &url],
+            "",
+            &[("FERRY_ADMIN_KEY", ADMIN_KEY)],
+        )
+    })
+    .await
+    .unwrap();
+    let left = subject_copies(&server.data, SUBJECT);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(traffic.await.unwrap() > 0, "no traffic during the erase");
+    assert_eq!(code, 0, "{err}");
+    // Runs whose event was redacted keep the address only URL-encoded, in the recorded URL
+    // of their request (`?email=grace.hopper%2Bferry%40…`): they are found too.
+    assert!(err.contains("10 run(s)"), "{err}");
+    assert!(left.is_empty(), "after erase: {left:#?}");
+    // The other runs keep theirs.
+    assert!(!subject_copies(&server.data, "someone1@example.com").is_empty());
+}
