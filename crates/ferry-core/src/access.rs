@@ -156,12 +156,7 @@ impl Access {
         name: &str,
         role: Role,
     ) -> Result<(KeyInfo, String), AccessError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-            return Err(AccessError::Invalid(
-                "a key name is 1–100 printable characters".into(),
-            ));
-        }
+        let name = key_name(name)?;
         use rand::RngCore;
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -313,9 +308,38 @@ pub enum AccessError {
     Store(#[from] StoreError),
 }
 
+/// A key name as given, trimmed: 1 to 100 printable characters (characters, not bytes: a
+/// Vietnamese or Japanese name has as many as an English one).
+fn key_name(name: &str) -> Result<&str, AccessError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+        return Err(AccessError::Invalid(format!(
+            "a key name is 1–100 printable characters; this one has {chars}"
+        )));
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_name_is_counted_in_characters() {
+        let vi = "Kế toán ".repeat(13); // 104 characters, 143 bytes
+        let hundred: String = vi.chars().take(100).collect();
+        assert!(hundred.len() > 100);
+        assert_eq!(key_name(&hundred).unwrap(), hundred.trim());
+        let long: String = "ế".repeat(101);
+        let e = key_name(&long).unwrap_err().to_string();
+        assert!(
+            e.contains("1–100 printable characters; this one has 101"),
+            "{e}"
+        );
+        assert!(key_name("  ").is_err());
+        assert!(key_name("a\u{7}b").is_err());
+    }
 
     #[test]
     fn a_subject_is_looked_for_in_each_form_it_may_be_stored_in() {

@@ -237,3 +237,75 @@ steps: [{ id: s, log: '```' }]
     assert_eq!(ids, vec![(1, true), (24, false)]);
     assert!(found[1].text.contains("log: '```'"));
 }
+
+/// The step kinds `docs/flows.md` lists: the rows of the table under `## Step kinds`, and the
+/// links of its table of contents.
+fn documented_kinds(flows_md: &str) -> (Vec<String>, Vec<String>) {
+    let kind_of = |cell: &str| {
+        cell.trim()
+            .strip_prefix("[`")
+            .and_then(|r| r.split_once('`'))
+            .map(|(k, _)| k.to_owned())
+    };
+    let mut table = Vec::new();
+    let mut lines = flows_md.lines().skip_while(|l| *l != "## Step kinds");
+    lines.next();
+    for line in lines.skip_while(|l| !l.starts_with('|')) {
+        let Some(row) = line.strip_prefix('|') else {
+            break;
+        };
+        if let Some(k) = row.split('|').next().and_then(kind_of) {
+            table.push(k);
+        }
+    }
+    let toc = flows_md
+        .lines()
+        .find_map(|l| l.strip_prefix("- [Step kinds](#step-kinds): "))
+        .expect("a table-of-contents line for the step kinds")
+        .split(", ")
+        .filter_map(kind_of)
+        .collect();
+    (table, toc)
+}
+
+#[test]
+fn docs_list_every_step_kind_and_no_other() {
+    let text = std::fs::read_to_string(repo_root().join("docs/flows.md")).unwrap();
+    let mut registry: Vec<String> = ferry_core::step::kinds().map(str::to_owned).collect();
+    registry.sort();
+    let (mut table, mut toc) = documented_kinds(&text);
+    table.sort();
+    toc.sort();
+    assert_eq!(
+        table, registry,
+        "the table under `## Step kinds` in docs/flows.md"
+    );
+    assert_eq!(
+        toc, registry,
+        "the step kinds in the contents of docs/flows.md"
+    );
+}
+
+#[test]
+fn docs_name_every_reserved_path() {
+    let text = std::fs::read_to_string(repo_root().join("docs/flows.md")).unwrap();
+    let rule = text
+        .lines()
+        .skip_while(|l| !l.contains("are served by Ferry itself"))
+        .take_while(|l| !l.is_empty() && !l.starts_with("- Two flows"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for p in ferry_core::server::reserved_prefixes() {
+        assert!(
+            rule.contains(&format!("`{p}`")),
+            "docs/flows.md does not name the reserved path `{p}`: {rule}"
+        );
+    }
+    for p in ferry_core::server::SERVED_PREFIXES {
+        let served = rule.split("are served").next().unwrap_or("");
+        assert!(
+            served.contains(&format!("`{p}`")),
+            "`{p}` is served: {rule}"
+        );
+    }
+}

@@ -397,16 +397,16 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
                     Some("a path such as /hooks/shop/customers".into()),
                 );
                 ok = false;
-            } else if crate::server::RESERVED_PREFIXES
-                .iter()
-                .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+            } else if crate::server::reserved_prefixes()
+                .any(|p| path == p || path.starts_with(&format!("{p}/")))
             {
                 cx.error(
                     w.path.pos,
                     format!("webhook path `{path}` is reserved"),
                     Some(format!(
-                        "Ferry serves {} itself; use e.g. /hooks/…",
-                        crate::server::RESERVED_PREFIXES.join(", ")
+                        "Ferry serves {} itself, and {} are reserved for the coming metrics and dashboard endpoints; use e.g. /hooks/…",
+                        crate::server::SERVED_PREFIXES.join(", "),
+                        crate::server::COMING_PREFIXES.join(" and ")
                     )),
                 );
                 ok = false;
@@ -691,6 +691,30 @@ steps:
         f.yaml:15:23: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         ");
+    }
+
+    #[test]
+    fn a_reserved_webhook_path_says_what_is_served_and_what_is_kept_for_later() {
+        // Issue 12: the hint said Ferry serves `/metrics` and `/dashboard`, which answer 404.
+        let flow = |path: &str| {
+            format!(
+                "id: f\ntrigger: {{ webhook: {{ path: {path} }} }}\nsteps:\n  - id: a\n    log: hi\n"
+            )
+        };
+        for path in ["/metrics/x", "/dashboard", "/api"] {
+            let e = errors(&flow(path));
+            assert!(
+                e.contains(&format!("webhook path `{path}` is reserved")),
+                "{e}"
+            );
+            assert!(
+                e.contains("Ferry serves /api, /healthz, /readyz itself")
+                    && e.contains("/metrics and /dashboard are reserved"),
+                "{e}"
+            );
+        }
+        assert_eq!(errors(&flow("/apis")), "");
+        assert_eq!(errors(&flow("/hooks/metrics")), "");
     }
 
     #[test]

@@ -24,8 +24,18 @@ pub use problem::ApiError;
 use crate::engine::Engine;
 use crate::flow::Flow;
 
-/// Paths Ferry serves itself; no webhook may take them.
-pub const RESERVED_PREFIXES: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/dashboard"];
+/// Paths Ferry serves itself (the routes of [`router`]); no webhook may take them.
+pub const SERVED_PREFIXES: &[&str] = &["/api", "/healthz", "/readyz"];
+
+/// Paths kept for the coming metrics and dashboard endpoints (SPEC: `GET /metrics`,
+/// `GET /dashboard`). Nothing answers there yet (`404`), but no webhook may take them either,
+/// so that a flow written today does not break when they arrive.
+pub const COMING_PREFIXES: &[&str] = &["/metrics", "/dashboard"];
+
+/// Every path prefix no webhook may take: [`SERVED_PREFIXES`], then [`COMING_PREFIXES`].
+pub fn reserved_prefixes() -> impl Iterator<Item = &'static str> {
+    SERVED_PREFIXES.iter().chain(COMING_PREFIXES).copied()
+}
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -138,4 +148,68 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::flow::Project;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn served_prefixes_answer_and_coming_ones_do_not_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let project = Project {
+            dir: dir.path().to_owned(),
+            flows: Vec::new(),
+            connections: HashMap::new(),
+        };
+        let engine = Arc::new(Engine::new(
+            store,
+            Arc::new(project),
+            EngineConfig::default(),
+        ));
+        let state = AppState::new(
+            engine,
+            "admin".into(),
+            dir.path().to_owned(),
+            Limits::default(),
+        );
+        let status = |path: &'static str| {
+            let app = router(state.clone());
+            async move {
+                let req = Request::get(path).body(Body::empty()).unwrap();
+                app.oneshot(req).await.unwrap().status()
+            }
+        };
+        // One route under each served prefix (the API asks for a key).
+        let probes = [
+            ("/api/v1/flows", StatusCode::UNAUTHORIZED),
+            ("/healthz", StatusCode::OK),
+            ("/readyz", StatusCode::OK),
+        ];
+        for prefix in SERVED_PREFIXES {
+            assert!(
+                probes.iter().any(|(p, _)| p.starts_with(prefix)),
+                "no probe for `{prefix}`"
+            );
+        }
+        for (path, want) in probes {
+            assert_eq!(status(path).await, want, "{path}");
+        }
+        // The hint of `ferry validate` and docs/flows.md say these are not served yet.
+        for prefix in COMING_PREFIXES {
+            assert_eq!(status(prefix).await, StatusCode::NOT_FOUND, "{prefix}");
+        }
+        assert_eq!(
+            reserved_prefixes().collect::<Vec<_>>(),
+            ["/api", "/healthz", "/readyz", "/metrics", "/dashboard"]
+        );
+    }
 }
