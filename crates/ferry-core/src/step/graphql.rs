@@ -421,26 +421,26 @@ fn is_name(s: &str) -> bool {
 
 /// A syntax problem at byte `offset` of the query.
 #[derive(Debug, PartialEq)]
-struct SyntaxError {
-    offset: usize,
-    message: String,
-    hint: String,
+pub struct SyntaxError {
+    pub offset: usize,
+    pub message: String,
+    pub hint: String,
 }
 
 /// What the check learnt about an executable document.
 #[derive(Debug, Default, PartialEq)]
-struct Document {
-    operations: Vec<Operation>,
+pub struct Document {
+    pub operations: Vec<Operation>,
 }
 
 #[derive(Debug, PartialEq)]
-struct Operation {
+pub struct Operation {
     /// `query`, `mutation` or `subscription` (`query` for the `{ … }` shorthand).
-    kind: &'static str,
-    name: Option<String>,
+    pub kind: &'static str,
+    pub name: Option<String>,
     /// Declared variables, without `$`.
-    variables: Vec<String>,
-    offset: usize,
+    pub variables: Vec<String>,
+    pub offset: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -573,8 +573,8 @@ fn tokens(src: &str) -> Result<Vec<(usize, Tok<'_>)>, SyntaxError> {
 
 /// Checks what can be checked without the schema: tokens, balanced brackets, that every
 /// top-level definition is an operation or a fragment, and the operations' names and
-/// declared variables.
-fn check_document(src: &str) -> Result<Document, SyntaxError> {
+/// declared variables. Public for the `graphql_query` fuzz target.
+pub fn check_document(src: &str) -> Result<Document, SyntaxError> {
     let toks = tokens(src)?;
     if toks.is_empty() {
         return Err(SyntaxError {

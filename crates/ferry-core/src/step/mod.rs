@@ -5,11 +5,11 @@
 
 mod call;
 mod filter;
-mod graphql;
+pub mod graphql;
 mod http;
 mod log;
 mod map;
-mod paginate;
+pub mod paginate;
 mod soap;
 
 pub use call::USER_AGENT;

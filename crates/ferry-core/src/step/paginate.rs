@@ -382,8 +382,9 @@ impl Paginate {
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against the page's URL; `None` when
-/// there is none, an error when it is not a usable http(s) URL.
-pub(super) fn link_next(header: &str, base: &reqwest::Url) -> Option<Result<reqwest::Url, String>> {
+/// there is none, an error when it is not a usable http(s) URL. Public for the `link_header`
+/// fuzz target.
+pub fn link_next(header: &str, base: &reqwest::Url) -> Option<Result<reqwest::Url, String>> {
     for link in split_links(header) {
         let link = link.trim();
         let Some(rest) = link.strip_prefix('<') else {
