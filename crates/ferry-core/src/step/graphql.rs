@@ -1252,6 +1252,23 @@ mod tests {
     }
 
     #[test]
+    fn query_errors_count_escapes_and_doubled_quotes_as_written() {
+        // Found by the graphql_query fuzz target: `\"` is one character of the query but two
+        // of the file, so the error sat two columns early.
+        let steps = r#"- id: a
+    graphql: { connection: shop, query: "{ c(id: \"x\") { id } \u00e9 }" }
+  - id: b
+    graphql: { connection: shop, query: '{ c(id: "''") { id } } ]' }
+"#;
+        insta::assert_snapshot!(compile_errors(steps), @r"
+        f.yaml:5:64: error: invalid GraphQL: unexpected character `é`
+          hint: check the query's syntax; see https://spec.graphql.org/ for the grammar
+        f.yaml:7:65: error: invalid GraphQL: expected `query`, `mutation`, `subscription`, `fragment` or `{`, found `]`
+          hint: a GraphQL document is a list of operations (`query …`, `mutation …`, `{ … }`) and fragments
+        ");
+    }
+
+    #[test]
     fn operations_and_pagination_settings_are_checked_against_the_query() {
         let steps = "\
   - id: a

@@ -290,8 +290,10 @@ impl CompileCx<'_> {
     }
 
     /// The position of byte `offset` inside the string written at `pos`, when the string
-    /// sits on one line (quoted or plain); else the string's own position.
-    fn pos_in_string(&self, pos: Pos, value: &str, offset: usize) -> Pos {
+    /// sits on one line (quoted or plain); else the string's own position. Columns count the
+    /// source as written: an escape (`\"`, `\u00e9`) in a double-quoted string and a doubled
+    /// `''` in a single-quoted one take their room.
+    pub(crate) fn pos_in_string(&self, pos: Pos, value: &str, offset: usize) -> Pos {
         if value[..offset.min(value.len())].contains('\n') {
             return pos;
         }
@@ -300,12 +302,19 @@ impl CompileCx<'_> {
             .lines()
             .nth(pos.line.saturating_sub(1) as usize)
             .unwrap_or("");
-        let first = line.chars().nth(pos.col.saturating_sub(1) as usize);
-        let quote = matches!(first, Some('\'' | '"')) as u32;
-        let chars = value[..offset.min(value.len())].chars().count() as u32;
+        let written: Vec<char> = line
+            .chars()
+            .skip(pos.col.saturating_sub(1) as usize)
+            .collect();
+        let chars = value[..offset.min(value.len())].chars().count();
+        let col = match written.first() {
+            Some('"') => source_cols(&written[1..], chars, Quote::Double).map(|c| c + 1),
+            Some('\'') => source_cols(&written[1..], chars, Quote::Single).map(|c| c + 1),
+            _ => Some(chars),
+        };
         Pos {
             line: pos.line,
-            col: pos.col + quote + chars,
+            col: pos.col + col.unwrap_or(chars) as u32,
         }
     }
 
@@ -506,6 +515,32 @@ fn expr_hint(code: &str) -> String {
     }
     "expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md"
         .into()
+}
+
+#[derive(Clone, Copy)]
+enum Quote {
+    Single,
+    Double,
+}
+
+/// How many source characters of a quoted string (after its opening quote) write its first
+/// `chars` characters; `None` when the line ends first (the string goes on below).
+fn source_cols(written: &[char], chars: usize, quote: Quote) -> Option<usize> {
+    let mut i = 0;
+    for _ in 0..chars {
+        let step = match (quote, written.get(i)?) {
+            (Quote::Single, '\'') => 2,
+            (Quote::Double, '\\') => match written.get(i + 1)? {
+                'x' => 4,
+                'u' => 6,
+                'U' => 10,
+                _ => 2,
+            },
+            _ => 1,
+        };
+        i += step;
+    }
+    (i <= written.len()).then_some(i)
 }
 
 #[cfg(test)]

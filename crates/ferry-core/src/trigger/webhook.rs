@@ -398,6 +398,19 @@ mod tests {
         assert_eq!(json_depth(br#"{"a": "[[[[\"[["}"#), 1);
     }
 
+    /// An error's kind and where it points, without serde_json's wording.
+    fn at_place(e: &BodyError) -> String {
+        match e {
+            BodyError::MalformedJson(m) => {
+                format!(
+                    "json {}",
+                    m.rfind(" at line ").map_or(m.as_str(), |i| &m[i..])
+                )
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
     proptest! {
         #[test]
         fn any_bytes_are_parsed_or_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -436,7 +449,9 @@ mod tests {
                         prop_assert_eq!(e.eval(&full), e.eval(&part), "{}", e.source());
                     }
                 }
-                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                // Refused at the same place; serde_json words a number cut after its `.`
+                // differently when it skips it ("invalid number" for "EOF while parsing").
+                (Err(a), Err(b)) => prop_assert_eq!(at_place(&a), at_place(&b), "{:?} / {:?}", a, b),
                 (a, b) => prop_assert!(false, "full {:?}, in part {:?}", a.is_ok(), b.is_ok()),
             }
         }
