@@ -34,6 +34,7 @@ impl Observer for Printer {
             StepStatus::Succeeded => "ok",
             StepStatus::Skipped => "skipped",
             StepStatus::Retrying => "retry",
+            StepStatus::Waiting => "waiting",
             StepStatus::Failed => "FAILED",
         };
         let detail = match (&r.row.error, &r.row.output) {

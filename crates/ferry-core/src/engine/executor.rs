@@ -145,7 +145,7 @@ impl RunState {
                     state.outputs.set_step(&row.path, output);
                     state.done.insert(row.path.clone());
                 }
-                StepStatus::Retrying => {
+                StepStatus::Retrying | StepStatus::Waiting => {
                     state.prior_attempts.insert(row.path.clone(), row.attempts);
                 }
             }

@@ -370,9 +370,6 @@ fn pos_in_query(cx: &CompileCx, query: &Spanned<String>, offset: usize) -> Pos {
     let value = query.value.as_str();
     let offset = offset.min(value.len());
     let before = &value[..offset];
-    if !before.contains('\n') {
-        return cx.pos_in_string(query.pos, value, offset);
-    }
     // A literal block keeps its lines: line `row` of the value is written `row` lines below
     // its first line, after the block's indentation. The parser places the block at its first
     // line (or at the `|`, then the text starts on the next line). Folded and multi-line
@@ -384,6 +381,17 @@ fn pos_in_query(cx: &CompileCx, query: &Spanned<String>, offset: usize) -> Pos {
         .get(at)
         .and_then(|l| l.get(col0..))
         .is_some_and(|rest| rest.starts_with('|'));
+    // A block placed at its first line: the line above ends with its `|` (a block's first
+    // character may be a quote, which does not open a quoted string there).
+    let below_indicator = at > 0
+        && lines.get(at - 1).is_some_and(|l| {
+            let l = l.trim_end().trim_end_matches(['-', '+']);
+            let l = l.trim_end_matches(|c: char| c.is_ascii_digit());
+            l.ends_with('|')
+        });
+    if !at_indicator && !below_indicator && !before.contains('\n') {
+        return cx.pos_in_string(query.pos, value, offset);
+    }
     let (first, indent) = if at_indicator {
         let first = at + 1;
         let indent = lines
@@ -1254,18 +1262,26 @@ mod tests {
     #[test]
     fn query_errors_count_escapes_and_doubled_quotes_as_written() {
         // Found by the graphql_query fuzz target: `\"` is one character of the query but two
-        // of the file, so the error sat two columns early.
+        // of the file, so the error sat two columns early; and a block whose first character
+        // is a quote was taken for a quoted string (one column late).
         let steps = r#"- id: a
     graphql: { connection: shop, query: "{ c(id: \"x\") { id } \u00e9 }" }
   - id: b
     graphql: { connection: shop, query: '{ c(id: "''") { id } } ]' }
+  - id: c
+    graphql:
+      connection: shop
+      query: |-
+        """ie
 "#;
-        insta::assert_snapshot!(compile_errors(steps), @r"
+        insta::assert_snapshot!(compile_errors(steps), @r#"
         f.yaml:5:64: error: invalid GraphQL: unexpected character `é`
           hint: check the query's syntax; see https://spec.graphql.org/ for the grammar
         f.yaml:7:65: error: invalid GraphQL: expected `query`, `mutation`, `subscription`, `fragment` or `{`, found `]`
           hint: a GraphQL document is a list of operations (`query …`, `mutation …`, `{ … }`) and fragments
-        ");
+        f.yaml:12:9: error: invalid GraphQL: unterminated block string
+          hint: close it with `"""`
+        "#);
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub enum StepStatus {
     Skipped,
     /// Failed an attempt; the run waits for the next one.
     Retrying,
+    /// A `delay` (or, later, a wait for a signal or a child run) that has not ended: the run
+    /// sleeps in the queue until the time in the row's output. Not an attempt.
+    Waiting,
 }
 
 impl StepStatus {
@@ -89,6 +92,7 @@ impl StepStatus {
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
             StepStatus::Retrying => "retrying",
+            StepStatus::Waiting => "waiting",
         }
     }
     pub fn parse(s: &str) -> StepStatus {
@@ -96,6 +100,7 @@ impl StepStatus {
             "succeeded" => StepStatus::Succeeded,
             "skipped" => StepStatus::Skipped,
             "retrying" => StepStatus::Retrying,
+            "waiting" => StepStatus::Waiting,
             _ => StepStatus::Failed,
         }
     }
