@@ -2,76 +2,15 @@
 //! no real time. Retries are an hour apart, and happen only when the test moves the clock, so
 //! nothing here depends on how fast the machine is.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{StatusCode, Uri};
 use serde_json::{Value as Json, json};
 
 use ferry_core::engine::harness::Harness;
 use ferry_core::store::{ReplayFrom, RunStatus, StepStatus};
 
-/// A loopback server: answers each path with the statuses scripted for it, in order, then 200.
-#[derive(Clone, Default)]
-struct Upstream {
-    script: Arc<Mutex<HashMap<String, VecDeque<u16>>>>,
-    calls: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    async fn start() -> (Upstream, String) {
-        let up = Upstream::default();
-        let state = up.clone();
-        let app = axum::Router::new().fallback(move |uri: Uri| {
-            let state = state.clone();
-            async move {
-                let path = uri.path().to_owned();
-                state.calls.lock().unwrap().push(path.clone());
-                let status = state
-                    .script
-                    .lock()
-                    .unwrap()
-                    .get_mut(&path)
-                    .and_then(VecDeque::pop_front)
-                    .unwrap_or(200);
-                (StatusCode::from_u16(status).unwrap(), "{\"ok\":true}")
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (up, url)
-    }
-
-    fn script(&self, path: &str, statuses: &[u16]) {
-        self.script
-            .lock()
-            .unwrap()
-            .entry(path.to_owned())
-            .or_default()
-            .extend(statuses);
-    }
-
-    fn calls(&self, path: &str) -> usize {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| *p == path)
-            .count()
-    }
-}
-
-fn project(files: &[(&str, String)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
-    std::fs::create_dir_all(dir.path().join("connections")).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
-}
+mod common;
+use common::{Upstream, project, step};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -86,13 +25,6 @@ fn two_calls(url: &str) -> tempfile::TempDir {
             "id: f\ntrigger: manual\nsteps:\n  - id: first\n    http: { connection: api, method: POST, path: /first }\n  - id: second\n    http: { connection: api, method: POST, path: /second }\n".to_owned(),
         ),
     ])
-}
-
-fn step<'a>(run: &'a ferry_core::store::RunDetail, path: &str) -> &'a ferry_core::store::StepRow {
-    run.steps
-        .iter()
-        .find(|s| s.path == path)
-        .unwrap_or_else(|| panic!("no row for `{path}`: {run:#?}"))
 }
 
 #[tokio::test]

@@ -8,14 +8,15 @@
 
 use std::sync::Arc;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Value as Json, json};
 
 use super::Engine;
+use crate::flow::control::{Arm, Control, Delay, Switch};
 use crate::flow::model::OnError;
-use crate::flow::{CompiledStep, Flow};
-use crate::step::{ErrorKind, StepCx, StepError, StepOutput};
+use crate::flow::{Action, CompiledStep, Flow};
+use crate::step::{ErrorKind, Outcome, StepCx, StepError, StepOutput};
 use crate::store::{ClaimedRun, RunStatus, RunUpdate, StepRow, StepStatus, StepWrite};
 
 /// What `ferry run` prints as a run goes.
@@ -40,9 +41,9 @@ pub(crate) struct RunRedaction {
 impl RunRedaction {
     pub(crate) fn new(flow: &Arc<Flow>, event_text: &str) -> Option<RunRedaction> {
         let by_connection = flow
-            .steps
-            .iter()
-            .any(|s| s.step.connection().is_some_and(|c| !c.redact.is_empty()));
+            .walk()
+            .filter_map(|s| s.step())
+            .any(|s| s.connection().is_some_and(|c| !c.redact.is_empty()));
         if flow.redact_event.is_empty() && flow.redact_steps.is_empty() && !by_connection {
             return None;
         }
@@ -57,12 +58,12 @@ impl RunRedaction {
     }
 
     pub(crate) fn row(&self, row: &mut StepRow) {
+        let id = StepPath::step_id(&row.path);
         let conn = self
             .flow
-            .steps
-            .iter()
-            .find(|s| s.id == row.path)
-            .and_then(|s| s.step.connection());
+            .find(id)
+            .and_then(|s| s.step())
+            .and_then(|s| s.connection());
         if let Some(conn) = conn {
             for v in [&mut row.output, &mut row.request, &mut row.response]
                 .into_iter()
@@ -73,8 +74,8 @@ impl RunRedaction {
                 }
             }
         }
-        for (id, rule) in &self.flow.redact_steps {
-            if *id == row.path {
+        for (rule_id, rule) in &self.flow.redact_steps {
+            if *rule_id == StepPath::step_id(&row.path) {
                 for v in [&mut row.output, &mut row.response].into_iter().flatten() {
                     rule.apply(v);
                 }
@@ -98,77 +99,141 @@ pub fn redact_detail(flow: &Arc<Flow>, d: &mut crate::store::RunDetail) {
     d.steps.iter_mut().for_each(|row| r.row(row));
 }
 
-/// Removes a run's redaction entry however execution ends.
-struct Redacting<'a> {
-    engine: &'a Engine,
-    run_id: String,
-}
-
-impl Drop for Redacting<'_> {
-    fn drop(&mut self) {
-        self.engine
-            .redacting
-            .lock()
-            .expect("redacting")
-            .remove(&self.run_id);
-    }
-}
-
 pub trait Observer: Send + Sync {
     fn step(&self, report: &StepReport);
 }
 
-enum Next {
-    Go,
-    Stop(RunUpdate),
+/// A run's id, as the engine passes it around.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new(id: impl Into<String>) -> RunId {
+        RunId(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// A run's progress while it executes: its expression context, the steps already done, and
-/// the results of steps that only compute, waiting to be committed with the next write.
-pub(crate) struct RunState {
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A step's place in a run: its id at the top of the flow (`contact`), else the path of the
+/// step it is nested in, the arm, and its id (`route/0/alert`). Step rows are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPath(String);
+
+impl StepPath {
+    /// The path of step `id` in the block at `prefix` (`None`: the top of the flow).
+    fn of(prefix: Option<&str>, id: &str) -> StepPath {
+        match prefix {
+            None => StepPath(id.to_owned()),
+            Some(p) => StepPath(format!("{p}/{id}")),
+        }
+    }
+
+    /// Where the steps of an arm (`0`, `default`) of this step are.
+    fn arm(&self, segment: &str) -> String {
+        format!("{}/{segment}", self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id of the step (the last segment).
+    pub fn step_id(path: &str) -> &str {
+        path.rsplit('/').next().unwrap_or(path)
+    }
+}
+
+/// What a stored row says about its path when a run resumes.
+enum Prior {
+    /// Finished (succeeded, skipped, failed and gone on); a `switch` also says which arm.
+    Done { arm: Option<Arm> },
+    /// The last attempt failed; this many were made.
+    Retrying(u32),
+    /// A `delay` not over yet.
+    Waiting(StepRow),
+}
+
+/// One run while it executes: its id, its expression context, what its stored rows say,
+/// the rows waiting to be committed with the next write, and what its writes mask.
+pub(crate) struct RunCx {
+    run_id: RunId,
     outputs: crate::expr::RunContext,
-    done: HashSet<String>,
-    prior_attempts: HashMap<String, u32>,
+    prior: HashMap<String, Prior>,
     pending: Vec<StepRow>,
+    redaction: Option<Arc<RunRedaction>>,
+    /// `pending` holds a decision (the arm a `switch` took): it is stored before any step
+    /// that calls out, so that a resume takes the same arm.
+    decided: bool,
 }
 
-impl RunState {
+impl RunCx {
     /// A claimed run: its event as stored, and the steps it has done already (a resumed or
     /// replayed run).
-    fn resume(run: &ClaimedRun) -> RunState {
+    fn resume(run: &ClaimedRun, redaction: Option<Arc<RunRedaction>>) -> RunCx {
         let run_info = json!({ "id": run.id, "flow": run.flow, "attempt": run.attempt });
-        let mut state = RunState::new(crate::expr::RunContext::from_text(&run.event, &run_info));
+        let outputs = crate::expr::RunContext::from_text(&run.event, &run_info);
+        let mut cx = RunCx::new(RunId::new(run.id.clone()), outputs, redaction);
         for row in &run.steps {
-            match row.status {
+            let prior = match row.status {
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
                     let output = row.output.as_ref().unwrap_or(&Json::Null);
-                    state.outputs.set_step(&row.path, output);
-                    state.done.insert(row.path.clone());
+                    cx.outputs.set_step(StepPath::step_id(&row.path), output);
+                    let arm = match output {
+                        Json::Object(o) if o.contains_key("case") => Arm::from_json(output),
+                        _ => None,
+                    };
+                    Prior::Done { arm }
                 }
-                StepStatus::Retrying | StepStatus::Waiting => {
-                    state.prior_attempts.insert(row.path.clone(), row.attempts);
-                }
-            }
+                StepStatus::Retrying => Prior::Retrying(row.attempts),
+                StepStatus::Waiting => Prior::Waiting(row.clone()),
+            };
+            cx.prior.insert(row.path.clone(), prior);
         }
-        state
+        cx
     }
 
     /// A run with no step done yet.
-    fn new(outputs: crate::expr::RunContext) -> RunState {
-        RunState {
+    fn new(
+        run_id: RunId,
+        outputs: crate::expr::RunContext,
+        redaction: Option<Arc<RunRedaction>>,
+    ) -> RunCx {
+        RunCx {
+            run_id,
             outputs,
-            done: HashSet::new(),
-            prior_attempts: HashMap::new(),
+            prior: HashMap::new(),
             pending: Vec::new(),
+            redaction,
+            decided: false,
         }
+    }
+
+    fn attempts_before(&self, path: &str) -> u32 {
+        match self.prior.get(path) {
+            Some(Prior::Retrying(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Records a finished step: its output is `.steps.ID` from now on.
+    fn done(&mut self, step: &CompiledStep, path: StepPath, output: &Json, arm: Option<Arm>) {
+        self.outputs.set_step(&step.id, output);
+        self.prior.insert(path.0, Prior::Done { arm });
     }
 }
 
 /// What [`Engine::prepare`] did with a run being ingested: the flow's leading steps that only
 /// compute have run; their records go into the same write as the event.
 pub struct Prepared {
-    state: RunState,
-    redaction: Option<Arc<RunRedaction>>,
+    cx: RunCx,
     /// The records to store with the event, masked like any other write.
     pub rows: Vec<StepRow>,
     /// The run's state once they ran: `Continue` when steps that call out remain.
@@ -195,6 +260,26 @@ enum Until {
     FirstCall,
 }
 
+/// How a pass over a block of steps ended.
+enum Pass {
+    /// Every step of the block is done.
+    Done,
+    /// `Until::FirstCall` reached a step that is not inline.
+    Paused,
+    /// The run stops here: it is queued again (a retry, a delay) or finished.
+    Stop(Outcome),
+}
+
+fn update_of(outcome: Outcome) -> RunUpdate {
+    match outcome {
+        Outcome::Continue => RunUpdate::Continue,
+        Outcome::RetryAt { at_ms } | Outcome::WaitUntil { at_ms } => {
+            RunUpdate::Retry { next_at_ms: at_ms }
+        }
+        Outcome::Finish { status, error } => RunUpdate::Finish { status, error },
+    }
+}
+
 impl Engine {
     pub(crate) async fn execute(&self, run: ClaimedRun) {
         let Some(flow) = self.project.flow(&run.flow).cloned() else {
@@ -202,9 +287,9 @@ impl Engine {
             self.fail_run(&run.id, error).await;
             return;
         };
-        let state = RunState::resume(&run);
         let redaction = RunRedaction::new(&flow, &run.event).map(Arc::new);
-        self.execute_state(&flow, &run.id, state, redaction).await;
+        let cx = RunCx::resume(&run, redaction);
+        self.execute_cx(&flow, cx).await;
     }
 
     /// Runs the leading steps of `flow` that only compute (bounded `map` and `filter`) for an
@@ -220,27 +305,28 @@ impl Engine {
         event_text: &str,
     ) -> Prepared {
         let run_info = json!({ "id": run_id, "flow": flow.id, "attempt": 1 });
-        let mut state = RunState::new(crate::expr::RunContext::new(event, &run_info));
         let redaction = RunRedaction::new(flow, event_text).map(Arc::new);
+        let outputs = crate::expr::RunContext::new(event, &run_info);
+        let mut cx = RunCx::new(RunId::new(run_id), outputs, redaction);
         let update = match self
-            .run_steps(flow, run_id, &mut state, Until::FirstCall)
+            .run_block(&mut cx, &flow.steps, None, true, Until::FirstCall)
             .await
         {
-            Ok(Some(update)) => update,
+            Ok(Pass::Stop(outcome)) => update_of(outcome),
             // Only steps that call out commit during a pass; none ran.
-            Ok(None) | Err(_) => RunUpdate::Continue,
+            Ok(Pass::Done | Pass::Paused) | Err(_) => RunUpdate::Continue,
         };
-        let mut rows = std::mem::take(&mut state.pending);
+        let mut rows = std::mem::take(&mut cx.pending);
+        cx.decided = false;
         let mut update = update;
-        self.mask(redaction.as_deref(), &mut rows, &mut update);
+        self.mask(cx.redaction.as_deref(), &mut rows, &mut update);
         let succeeded = update.succeeded();
-        let redacted_event = match &redaction {
+        let redacted_event = match &cx.redaction {
             Some(r) if succeeded => Some(r.event.clone()),
             _ => None,
         };
         Prepared {
-            state,
-            redaction,
+            cx,
             rows,
             update,
             redacted_event,
@@ -249,40 +335,28 @@ impl Engine {
 
     /// Goes on with a run that [`Engine::prepare`] started and the store took (already
     /// leased to this node).
-    pub(crate) async fn execute_prepared(&self, flow: &Arc<Flow>, run_id: &str, p: Prepared) {
-        self.execute_state(flow, run_id, p.state, p.redaction).await;
+    pub(crate) async fn execute_prepared(&self, flow: &Arc<Flow>, p: Prepared) {
+        self.execute_cx(flow, p.cx).await;
     }
 
-    async fn execute_state(
-        &self,
-        flow: &Arc<Flow>,
-        run_id: &str,
-        state: RunState,
-        redaction: Option<Arc<RunRedaction>>,
-    ) {
-        let _redacting = redaction.map(|r| {
-            self.redacting
-                .lock()
-                .expect("redacting")
-                .insert(run_id.to_owned(), r);
-            Redacting {
-                engine: self,
-                run_id: run_id.to_owned(),
-            }
-        });
-        match self.execute_flow(flow, run_id, state).await {
+    async fn execute_cx(&self, flow: &Arc<Flow>, mut cx: RunCx) {
+        match self.execute_flow(flow, &mut cx).await {
             Ok(()) => {}
             // Another worker holds the run now: its results win, nothing to undo.
             Err(crate::store::StoreError::Conflict(e)) => {
-                tracing::warn!(run = %run_id, error = %e, "run taken over by another worker");
+                tracing::warn!(run = %cx.run_id, error = %e, "run taken over by another worker");
             }
             Err(e) => {
                 // The store failed: hand the run back to the queue (a little later) rather
                 // than keep a lease that lease renewal would extend forever.
-                tracing::error!(run = %run_id, error = %e, "run stopped: its result could not be stored; it goes back to the queue");
+                tracing::error!(run = %cx.run_id, error = %e, "run stopped: its result could not be stored; it goes back to the queue");
                 let next_at_ms = self.clock.now_ms() + 5_000;
-                self.write(run_id, Vec::new(), RunUpdate::Retry { next_at_ms })
-                    .await;
+                self.write(
+                    cx.run_id.as_str(),
+                    Vec::new(),
+                    RunUpdate::Retry { next_at_ms },
+                )
+                .await;
                 self.note_due(next_at_ms);
             }
         }
@@ -291,86 +365,315 @@ impl Engine {
     async fn execute_flow(
         &self,
         flow: &Arc<Flow>,
-        run_id: &str,
-        mut state: RunState,
+        cx: &mut RunCx,
     ) -> Result<(), crate::store::StoreError> {
-        let update = self
-            .run_steps(flow, run_id, &mut state, Until::End)
+        let outcome = match self
+            .run_block(cx, &flow.steps, None, true, Until::End)
             .await?
+        {
+            Pass::Stop(outcome) => outcome,
             // Every step was already done (a resumed run whose final write was lost).
-            .unwrap_or(RunUpdate::Finish {
-                status: RunStatus::Succeeded,
-                error: None,
-            });
-        self.commit(run_id, std::mem::take(&mut state.pending), update)
-            .await
+            Pass::Done | Pass::Paused => Outcome::succeed(),
+        };
+        let rows = std::mem::take(&mut cx.pending);
+        self.commit(cx, rows, update_of(outcome)).await
     }
 
-    /// Runs the steps not done yet, in order, committing before each step that calls out
-    /// starts. Returns the run's next state, to be committed with `state.pending`; `None` when
-    /// no step ended the run (every step done, or `FirstCall` reached a step that calls out).
-    async fn run_steps(
+    /// Runs the steps of `block` (at `prefix`: `None` for the flow's own) not done yet, in
+    /// order, committing before each step that calls out starts. `tail`: the block ends the
+    /// flow, so its last step's outcome is the run's end.
+    async fn run_block(
         &self,
-        flow: &Arc<Flow>,
-        run_id: &str,
-        state: &mut RunState,
+        cx: &mut RunCx,
+        block: &[CompiledStep],
+        prefix: Option<&str>,
+        tail: bool,
         until: Until,
-    ) -> Result<Option<RunUpdate>, crate::store::StoreError> {
-        for (i, step) in flow.steps.iter().enumerate() {
-            if state.done.contains(&step.id) {
-                continue;
-            }
-            if until == Until::FirstCall
-                && !(step.step.inline() && step.when.as_ref().is_none_or(|w| w.is_bounded()))
-            {
-                return Ok(None);
-            }
-            let last = i + 1 == flow.steps.len();
-            let ctx = state.outputs.val();
-            let started = self.clock.now_ms();
-            let attempt = state.prior_attempts.get(&step.id).copied().unwrap_or(0) + 1;
-
-            let next = match self.guard(step, &ctx).await {
-                Ok(true) => {
-                    let result = self.attempt(step, run_id, ctx).await;
-                    self.outcome(step, run_id, attempt, started, result, state, last)
-                        .await?
+    ) -> Result<Pass, crate::store::StoreError> {
+        for (i, step) in block.iter().enumerate() {
+            let path = StepPath::of(prefix, &step.id);
+            let last = tail && i + 1 == block.len();
+            let next = match cx.prior.get(path.as_str()) {
+                Some(Prior::Done { arm }) => {
+                    let arm = *arm;
+                    match &step.action {
+                        // Resume inside the arm it took.
+                        Action::Control(Control::Switch(sw)) => {
+                            match arm.filter(|a| !matches!(a, Arm::Case(i) if *i >= sw.cases.len()))
+                            {
+                                Some(arm) => self.run_arm(cx, sw, arm, &path, last, until).await?,
+                                None => Pass::Done,
+                            }
+                        }
+                        _ => Pass::Done,
+                    }
                 }
-                Ok(false) => {
-                    let row = row(
+                _ => {
+                    if until == Until::FirstCall
+                        && !(step.inline() && step.when.as_ref().is_none_or(|w| w.is_bounded()))
+                    {
+                        return Ok(Pass::Paused);
+                    }
+                    self.run_step(cx, step, path, last, until).await?
+                }
+            };
+            match next {
+                Pass::Done => {}
+                stop => return Ok(stop),
+            }
+        }
+        Ok(Pass::Done)
+    }
+
+    /// One step not done yet: its `if:`, then its kind.
+    async fn run_step(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        last: bool,
+        until: Until,
+    ) -> Result<Pass, crate::store::StoreError> {
+        let ctx = cx.outputs.val();
+        let started = self.clock.now_ms();
+        let attempt = cx.attempts_before(path.as_str()) + 1;
+        match self.guard(step, &ctx).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let row = row(
+                    &path,
+                    step,
+                    StepStatus::Skipped,
+                    0,
+                    started,
+                    self.clock.now_ms(),
+                    None,
+                    None,
+                );
+                self.report(cx, step, &row, None);
+                cx.done(step, path, &Json::Null, None);
+                cx.pending.push(row);
+                return Ok(if last {
+                    Pass::Stop(Outcome::succeed())
+                } else {
+                    Pass::Done
+                });
+            }
+            Err(e) => {
+                let e = StepError::new(ErrorKind::Expression, format!("in `if`: {}", e.message));
+                return self
+                    .outcome(cx, step, path, attempt, started, Err(e), last)
+                    .await;
+            }
+        }
+        match &step.action {
+            Action::Run(kind) => {
+                if cx.decided && kind.calls_out() {
+                    let rows = std::mem::take(&mut cx.pending);
+                    self.commit(cx, rows, RunUpdate::Continue).await?;
+                    cx.decided = false;
+                }
+                let result = self.attempt(cx, step, kind.as_ref(), &path, ctx).await;
+                self.outcome(cx, step, path, attempt, started, result, last)
+                    .await
+            }
+            Action::Control(Control::Switch(sw)) => {
+                let arm = match self.choose(sw, &ctx).await {
+                    Ok(arm) => arm,
+                    Err(e) => {
+                        return self
+                            .outcome(cx, step, path, attempt, started, Err(e), last)
+                            .await;
+                    }
+                };
+                let output = arm.to_json();
+                let row = StepRow {
+                    output: Some(output.clone()),
+                    ..row(
+                        &path,
                         step,
-                        StepStatus::Skipped,
-                        0,
+                        StepStatus::Succeeded,
+                        1,
                         started,
                         self.clock.now_ms(),
                         None,
                         None,
-                    );
-                    self.report(run_id, step, &row, None);
-                    state.outputs.set_step(&step.id, &Json::Null);
-                    state.pending.push(row);
-                    if last {
-                        Next::Stop(RunUpdate::Finish {
-                            status: RunStatus::Succeeded,
-                            error: None,
-                        })
-                    } else {
-                        Next::Go
-                    }
-                }
-                Err(e) => {
-                    let e =
-                        StepError::new(ErrorKind::Expression, format!("in `if`: {}", e.message));
-                    self.outcome(step, run_id, attempt, started, Err(e), state, last)
-                        .await?
-                }
-            };
-            state.done.insert(step.id.clone());
-            if let Next::Stop(update) = next {
-                return Ok(Some(update));
+                    )
+                };
+                self.report(cx, step, &row, None);
+                cx.pending.push(row);
+                cx.decided = true;
+                cx.done(step, path.clone(), &output, Some(arm));
+                self.run_arm(cx, sw, arm, &path, last, until).await
+            }
+            Action::Control(Control::Delay(delay)) => {
+                self.delay(cx, step, path, delay, started, ctx, last).await
             }
         }
-        Ok(None)
+    }
+
+    /// The steps of the arm a `switch` took (boxed: arms nest).
+    fn run_arm<'a>(
+        &'a self,
+        cx: &'a mut RunCx,
+        sw: &'a Switch,
+        arm: Arm,
+        path: &'a StepPath,
+        last: bool,
+        until: Until,
+    ) -> futures::future::BoxFuture<'a, Result<Pass, crate::store::StoreError>> {
+        Box::pin(async move {
+            let prefix = path.arm(&arm.segment());
+            let steps = sw.arm(arm);
+            match self
+                .run_block(cx, steps, Some(&prefix), last, until)
+                .await?
+            {
+                // An empty arm, or one whose steps were all done already, at the flow's end.
+                Pass::Done if last => Ok(Pass::Stop(Outcome::succeed())),
+                other => Ok(other),
+            }
+        })
+    }
+
+    /// The first case whose `when` is true, else the default arm.
+    async fn choose(&self, sw: &Switch, ctx: &jaq_json::Val) -> Result<Arm, StepError> {
+        for (i, case) in sw.cases.iter().enumerate() {
+            let v = crate::expr::eval_value(&case.when, ctx, self.config.expr_timeout)
+                .await
+                .map_err(|e| {
+                    StepError::new(
+                        ErrorKind::Expression,
+                        format!("in the `when` of case {i}: {}", e.message),
+                    )
+                })?;
+            if crate::expr::truthy(&v) {
+                return Ok(Arm::Case(i));
+            }
+        }
+        Ok(Arm::Default)
+    }
+
+    /// A `delay`: the first time, a `waiting` row with the time it ends, and the run goes
+    /// back to the queue until then; once that time has come, the row succeeds.
+    #[allow(clippy::too_many_arguments)]
+    async fn delay(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        delay: &Delay,
+        started: i64,
+        ctx: jaq_json::Val,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let (until_ms, started) = match cx.prior.get(path.as_str()) {
+            Some(Prior::Waiting(row)) => {
+                let until = row
+                    .output
+                    .as_ref()
+                    .and_then(|o| o["until_ms"].as_i64())
+                    .unwrap_or(now);
+                (until, row.started_at_ms)
+            }
+            _ => match self.delay_until(delay, &ctx, now).await {
+                Ok(until) => (until, started),
+                Err(e) => return self.outcome(cx, step, path, 1, started, Err(e), last).await,
+            },
+        };
+        let output = json!({ "until": crate::util::rfc3339(until_ms), "until_ms": until_ms });
+        if until_ms > now {
+            let row = StepRow {
+                output: Some(output),
+                ..row(
+                    &path,
+                    step,
+                    StepStatus::Waiting,
+                    0,
+                    started,
+                    now,
+                    None,
+                    None,
+                )
+            };
+            self.report(cx, step, &row, Some(until_ms - now));
+            cx.pending.push(row);
+            cx.prior.insert(
+                path.0,
+                Prior::Waiting(StepRow {
+                    path: String::new(),
+                    ..cx.pending.last().cloned().expect("pushed")
+                }),
+            );
+            self.note_due(until_ms);
+            return Ok(Pass::Stop(Outcome::WaitUntil { at_ms: until_ms }));
+        }
+        let row = StepRow {
+            output: Some(output.clone()),
+            ..row(
+                &path,
+                step,
+                StepStatus::Succeeded,
+                0,
+                started,
+                now,
+                None,
+                None,
+            )
+        };
+        self.report(cx, step, &row, None);
+        cx.pending.push(row);
+        cx.done(step, path, &output, None);
+        Ok(if last {
+            Pass::Stop(Outcome::succeed())
+        } else {
+            Pass::Done
+        })
+    }
+
+    /// When a `delay` that starts `now` ends.
+    async fn delay_until(
+        &self,
+        delay: &Delay,
+        ctx: &jaq_json::Val,
+        now: i64,
+    ) -> Result<i64, StepError> {
+        match delay {
+            Delay::For(d) => Ok(now + d.as_millis() as i64),
+            Delay::Until(expr) => {
+                let v = crate::expr::eval_value(expr, ctx, self.config.expr_timeout)
+                    .await
+                    .map_err(|e| {
+                        StepError::new(ErrorKind::Expression, format!("in `until`: {}", e.message))
+                    })?;
+                let Some(text) = v.as_str() else {
+                    return Err(StepError::new(
+                        ErrorKind::Expression,
+                        format!(
+                            "`until` must be an RFC 3339 time such as \"2026-12-24T09:00:00+07:00\", got {}",
+                            short(&v)
+                        ),
+                    ));
+                };
+                let at = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+                    StepError::new(
+                        ErrorKind::Expression,
+                        format!("`until` must be an RFC 3339 time such as \"2026-12-24T09:00:00+07:00\", got \"{text}\" ({e})"),
+                    )
+                })?;
+                let at = at.timestamp_millis();
+                let max = now + crate::flow::control::MAX_DELAY.as_millis() as i64;
+                if at > max {
+                    return Err(StepError::new(
+                        ErrorKind::Expression,
+                        format!("`until` is more than a year away: \"{text}\""),
+                    ));
+                }
+                // A time already past ends the delay at once.
+                Ok(at.max(now))
+            }
+        }
     }
 
     /// The step's `if:`; true when absent.
@@ -388,22 +691,25 @@ impl Engine {
 
     async fn attempt(
         &self,
+        cx: &RunCx,
         step: &CompiledStep,
-        run_id: &str,
+        kind: &dyn crate::step::Step,
+        path: &StepPath,
         ctx: jaq_json::Val,
     ) -> Result<StepOutput, StepError> {
-        let cx = StepCx {
+        let run_id = cx.run_id.as_str();
+        let scx = StepCx {
             ctx,
             run_id: run_id.to_owned(),
-            step_path: step.id.clone(),
-            idempotency_key: format!("{run_id}:{}", step.id),
+            step_path: path.as_str().to_owned(),
+            idempotency_key: format!("{run_id}:{}", path.as_str()),
             http: self.http.clone(),
             guarded_http: self.guarded_http.clone(),
             net_policy: self.net_policy.clone(),
             expr_timeout: self.config.expr_timeout,
             secrets: self.secrets.clone(),
         };
-        match tokio::time::timeout(step.timeout, step.step.execute(&cx)).await {
+        match tokio::time::timeout(step.timeout, kind.execute(&scx)).await {
             Ok(r) => r,
             Err(_) => Err(StepError::new(
                 ErrorKind::Timeout,
@@ -418,43 +724,44 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn outcome(
         &self,
+        cx: &mut RunCx,
         step: &CompiledStep,
-        run_id: &str,
+        path: StepPath,
         attempt: u32,
         started: i64,
         result: Result<StepOutput, StepError>,
-        state: &mut RunState,
         last: bool,
-    ) -> Result<Next, crate::store::StoreError> {
-        let RunState {
-            outputs, pending, ..
-        } = state;
+    ) -> Result<Pass, crate::store::StoreError> {
         let finished = self.clock.now_ms();
         match result {
             Ok(out) => {
-                let row = row(
-                    step,
-                    StepStatus::Succeeded,
-                    attempt,
-                    started,
-                    finished,
-                    None,
-                    None,
-                )
-                .with_request(out.request);
-                outputs.set_step(&step.id, &out.value);
                 let row = StepRow {
                     output: Some(out.value),
-                    ..row
+                    request: out.request,
+                    ..row(
+                        &path,
+                        step,
+                        StepStatus::Succeeded,
+                        attempt,
+                        started,
+                        finished,
+                        None,
+                        None,
+                    )
                 };
-                self.report(run_id, step, &row, None);
-                pending.push(row);
-                self.advance(run_id, step, pending, out.stop || last).await
+                self.report(cx, step, &row, None);
+                cx.outputs
+                    .set_step(&step.id, row.output.as_ref().expect("set"));
+                cx.prior.insert(path.0, Prior::Done { arm: None });
+                cx.pending.push(row);
+                let end = last || matches!(out.outcome, Outcome::Finish { .. });
+                self.advance(cx, step, end).await
             }
             Err(e) => {
                 let retryable = e.is_retryable(&step.retry);
                 let error = e.to_json();
                 let mut r = row(
+                    &path,
                     step,
                     StepStatus::Failed,
                     attempt,
@@ -468,23 +775,23 @@ impl Engine {
                 if retryable && attempt < step.retry.attempts {
                     let delay = step.retry.delay(attempt, e.retry_after);
                     r.status = StepStatus::Retrying;
-                    self.report(run_id, step, &r, Some(delay.as_millis() as i64));
-                    pending.push(r);
-                    let next_at_ms = finished + delay.as_millis() as i64;
-                    self.note_due(next_at_ms);
-                    return Ok(Next::Stop(RunUpdate::Retry { next_at_ms }));
+                    self.report(cx, step, &r, Some(delay.as_millis() as i64));
+                    cx.pending.push(r);
+                    let at_ms = finished + delay.as_millis() as i64;
+                    self.note_due(at_ms);
+                    return Ok(Pass::Stop(Outcome::RetryAt { at_ms }));
                 }
-                self.report(run_id, step, &r, None);
+                self.report(cx, step, &r, None);
                 match step.on_error {
                     OnError::Continue => {
                         let value = json!({ "error": error });
                         r.output = Some(value.clone());
-                        outputs.set_step(&step.id, &value);
-                        pending.push(r);
-                        self.advance(run_id, step, pending, last).await
+                        cx.done(step, path, &value, None);
+                        cx.pending.push(r);
+                        self.advance(cx, step, last).await
                     }
                     OnError::Fail => {
-                        pending.push(r);
+                        cx.pending.push(r);
                         // Out of attempts on a failure that could pass later: dead. A failure
                         // no retry can fix (4xx, bad expression): failed. Both are dead letters.
                         let status = if retryable {
@@ -494,7 +801,7 @@ impl Engine {
                         };
                         let mut error = error;
                         error["step"] = Json::String(step.id.clone());
-                        Ok(Next::Stop(RunUpdate::Finish {
+                        Ok(Pass::Stop(Outcome::Finish {
                             status,
                             error: Some(error),
                         }))
@@ -508,22 +815,19 @@ impl Engine {
     /// `done`, else go on — committing first when the step had effects outside Ferry.
     async fn advance(
         &self,
-        run_id: &str,
+        cx: &mut RunCx,
         step: &CompiledStep,
-        pending: &mut Vec<StepRow>,
         done: bool,
-    ) -> Result<Next, crate::store::StoreError> {
+    ) -> Result<Pass, crate::store::StoreError> {
         if done {
-            return Ok(Next::Stop(RunUpdate::Finish {
-                status: RunStatus::Succeeded,
-                error: None,
-            }));
+            return Ok(Pass::Stop(Outcome::succeed()));
         }
-        if step.step.calls_out() {
-            self.commit(run_id, std::mem::take(pending), RunUpdate::Continue)
-                .await?;
+        if step.calls_out() {
+            let rows = std::mem::take(&mut cx.pending);
+            self.commit(cx, rows, RunUpdate::Continue).await?;
+            cx.decided = false;
         }
-        Ok(Next::Go)
+        Ok(Pass::Done)
     }
 
     /// Ends a run as failed without a step result (the flow is gone, or execution panicked).
@@ -556,19 +860,24 @@ impl Engine {
 
     async fn commit(
         &self,
+        cx: &RunCx,
+        rows: Vec<StepRow>,
+        update: RunUpdate,
+    ) -> Result<(), crate::store::StoreError> {
+        self.commit_as(cx.run_id.as_str(), cx.redaction.as_deref(), rows, update)
+            .await
+    }
+
+    async fn commit_as(
+        &self,
         run_id: &str,
+        redaction: Option<&RunRedaction>,
         rows: Vec<StepRow>,
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
         // Secrets never reach the store.
         let (mut rows, mut update) = (rows, update);
-        let redaction = self
-            .redacting
-            .lock()
-            .expect("redacting")
-            .get(run_id)
-            .cloned();
-        self.mask(redaction.as_deref(), &mut rows, &mut update);
+        self.mask(redaction, &mut rows, &mut update);
         let succeeded = update.succeeded();
         let write = StepWrite {
             run_id: run_id.to_owned(),
@@ -589,18 +898,18 @@ impl Engine {
     }
 
     async fn write(&self, run_id: &str, rows: Vec<StepRow>, update: RunUpdate) {
-        if let Err(e) = self.commit(run_id, rows, update).await {
+        if let Err(e) = self.commit_as(run_id, None, rows, update).await {
             tracing::warn!(run = %run_id, error = %e, "could not store the run's result");
         }
     }
 
-    fn report(&self, run_id: &str, step: &CompiledStep, row: &StepRow, retry_in_ms: Option<i64>) {
+    fn report(&self, cx: &RunCx, step: &CompiledStep, row: &StepRow, retry_in_ms: Option<i64>) {
         if let Some(o) = &self.observer {
             let mut row = row.clone();
             self.scrub(&mut row);
             o.step(&StepReport {
-                run_id: run_id.to_owned(),
-                step: step.id.clone(),
+                run_id: cx.run_id.as_str().to_owned(),
+                step: row.path.clone(),
                 kind: step.kind,
                 row,
                 retry_in_ms,
@@ -613,7 +922,9 @@ impl Engine {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn row(
+    path: &StepPath,
     step: &CompiledStep,
     status: StepStatus,
     attempts: u32,
@@ -623,7 +934,7 @@ fn row(
     error: Option<Json>,
 ) -> StepRow {
     StepRow {
-        path: step.id.clone(),
+        path: path.as_str().to_owned(),
         seq: step.seq,
         status,
         attempts,
@@ -636,13 +947,11 @@ fn row(
     }
 }
 
-trait WithRequest {
-    fn with_request(self, request: Option<Json>) -> Self;
-}
-
-impl WithRequest for StepRow {
-    fn with_request(mut self, request: Option<Json>) -> Self {
-        self.request = request;
-        self
+/// A value as a message quotes it: at most 80 characters.
+fn short(v: &Json) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
     }
 }

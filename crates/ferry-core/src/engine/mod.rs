@@ -7,7 +7,6 @@ mod executor;
 pub mod harness;
 mod ingest;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use executor::{Observer, Prepared, StepReport, redact_detail};
+pub use executor::{Observer, Prepared, RunId, StepPath, StepReport, redact_detail};
 pub use ingest::IngestError;
 
 use crate::flow::Project;
@@ -117,8 +116,6 @@ pub struct Engine {
     /// For URLs built from data: refuses internal addresses (see [`crate::net`]).
     pub guarded_http: reqwest::Client,
     pub net_policy: Arc<crate::net::NetPolicy>,
-    /// Runs executing here whose flow has `redact:` rules: what to mask in their records.
-    pub(crate) redacting: std::sync::Mutex<HashMap<String, Arc<executor::RunRedaction>>>,
     /// Secret values for `{ secret }` references, and what to scrub before storing.
     pub secrets: Arc<crate::secret::Vault>,
     /// Unique per process: the lease owner.
@@ -146,7 +143,6 @@ impl Engine {
             http: crate::net::client(policy.clone()),
             guarded_http: crate::net::guarded_client(policy.clone()),
             net_policy: policy,
-            redacting: Default::default(),
             secrets: crate::secret::Vault::in_memory(Default::default()),
             owner: format!("node-{}", uuid::Uuid::now_v7()),
             wake: Notify::new(),
@@ -236,9 +232,8 @@ impl Engine {
         permit: OwnedSemaphorePermit,
     ) {
         let engine = self.clone();
-        let id = run_id.clone();
         self.spawn_run(run_id, permit, async move {
-            engine.execute_prepared(&flow, &id, prepared).await
+            engine.execute_prepared(&flow, prepared).await
         });
     }
 

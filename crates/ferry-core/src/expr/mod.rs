@@ -191,6 +191,18 @@ impl Expr {
         &self.src
     }
 
+    /// True for an expression written as the constant `false` (or `null`): a condition that
+    /// can never hold.
+    pub fn literal_false(&self) -> bool {
+        let s = self
+            .src
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .trim();
+        s == "false" || s == "null"
+    }
+
     /// Runs the expression and returns its first output (`null` when it yields nothing).
     pub fn eval(&self, input: &Val) -> Result<serde_json::Value, EvalError> {
         if let Some(v) = self.path.as_deref().and_then(|keys| walk(input, keys)) {

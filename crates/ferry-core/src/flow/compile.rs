@@ -53,8 +53,25 @@ impl Flow {
             .and_then(|w| w.verifier.as_ref())
             .map(|v| v.secret_sources())
             .unwrap_or_default();
-        out.extend(self.steps.iter().flat_map(|s| s.step.value_sources()));
+        out.extend(
+            self.walk()
+                .filter_map(|s| s.step())
+                .flat_map(|s| s.value_sources()),
+        );
         out
+    }
+
+    /// Every step of the flow, nested ones included, in the order they are written (their
+    /// `seq`).
+    pub fn walk(&self) -> impl Iterator<Item = &CompiledStep> {
+        let mut out = Vec::new();
+        walk_into(&self.steps, &mut out);
+        out.into_iter()
+    }
+
+    /// The step with this id, at any depth (ids are unique in a flow).
+    pub fn find(&self, id: &str) -> Option<&CompiledStep> {
+        self.walk().find(|s| s.id == id)
     }
 
     pub fn webhook(&self) -> Option<&Webhook> {
@@ -63,9 +80,16 @@ impl Flow {
             Trigger::Manual => None,
         }
     }
+}
 
-    pub fn step_index(&self, path: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == path)
+fn walk_into<'a>(steps: &'a [CompiledStep], out: &mut Vec<&'a CompiledStep>) {
+    for s in steps {
+        out.push(s);
+        if let Action::Control(c) = &s.action {
+            for block in c.blocks() {
+                walk_into(block, out);
+            }
+        }
     }
 }
 
@@ -86,14 +110,42 @@ pub struct Webhook {
 
 pub struct CompiledStep {
     pub id: String,
-    /// Position in the flow (0-based): the order of the step's record in a run.
+    /// Position in the flow (0-based, nested steps counted where they are written): the
+    /// order of the step's records in a run.
     pub seq: u32,
     pub kind: &'static str,
     pub when: Option<Expr>,
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub on_error: OnError,
-    pub step: Box<dyn Step>,
+    pub action: Action,
+}
+
+/// What a step does: a kind of `step/` that computes or calls out, or a control kind the
+/// engine runs itself (it holds steps, or decides when the run goes on).
+pub enum Action {
+    Run(Box<dyn Step>),
+    Control(crate::flow::control::Control),
+}
+
+impl CompiledStep {
+    /// The step kind, unless it is a control kind.
+    pub fn step(&self) -> Option<&dyn Step> {
+        match &self.action {
+            Action::Run(s) => Some(s.as_ref()),
+            Action::Control(_) => None,
+        }
+    }
+
+    /// See [`Step::calls_out`]; a control kind does not (its steps may).
+    pub fn calls_out(&self) -> bool {
+        self.step().is_some_and(|s| s.calls_out())
+    }
+
+    /// See [`Step::inline`]; a control kind is not (it is run by a worker).
+    pub fn inline(&self) -> bool {
+        self.step().is_some_and(|s| s.inline())
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -280,9 +332,7 @@ pub(crate) fn compile_flow(
     // Step ids first, so that references can tell "later" from "unknown".
     let mut ids: Vec<String> = Vec::new();
     for step in &config.steps {
-        if let Some(id) = step.get("id").and_then(Node::as_str) {
-            ids.push(id.to_owned());
-        }
+        collect_ids(step, &mut ids);
     }
 
     let mut cx = CompileCx {
@@ -294,23 +344,12 @@ pub(crate) fn compile_flow(
         steps_before: Vec::new(),
         all_steps: ids,
         reads: Default::default(),
+        seen: HashMap::new(),
+        next_seq: 0,
+        depth: 0,
     };
     let trigger = compile_trigger(&config.trigger, &mut cx);
-    let mut steps = Vec::new();
-    let mut seen: HashMap<String, Pos> = HashMap::new();
-    for step_node in &config.steps {
-        if let Some(mut step) = compile_step(step_node, &mut cx, &mut seen) {
-            cx.steps_before.push(step.id.clone());
-            step.seq = steps.len() as u32;
-            steps.push(step);
-        } else if let Some(id) = step_node.get("id").and_then(Node::as_str)
-            && !cx.steps_before.iter().any(|s| s == id)
-        {
-            // Keep checking later steps' references against this id (once: a duplicate id
-            // fails here too).
-            cx.steps_before.push(id.to_owned());
-        }
-    }
+    let steps = compile_block(&config.steps, &mut cx);
     if config.steps.is_empty() {
         cx.error(
             node.get("steps").map(|n| n.pos).unwrap_or(node.pos),
@@ -467,11 +506,60 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
     }
 }
 
-fn compile_step(
-    node: &Node,
-    cx: &mut CompileCx,
-    seen: &mut HashMap<String, Pos>,
-) -> Option<CompiledStep> {
+/// The ids of a step and of the steps nested in it (any mapping with an `id` in a list under
+/// a control kind).
+fn collect_ids(step: &Node, ids: &mut Vec<String>) {
+    let Value::Map(entries) = &step.value else {
+        return;
+    };
+    if let Some(id) = step.get("id").and_then(Node::as_str) {
+        ids.push(id.to_owned());
+    }
+    fn nested(n: &Node, ids: &mut Vec<String>) {
+        match &n.value {
+            Value::Seq(items) => {
+                for item in items {
+                    if item.get("id").is_some() {
+                        collect_ids(item, ids);
+                    } else {
+                        nested(item, ids);
+                    }
+                }
+            }
+            Value::Map(entries) => entries.iter().for_each(|(_, v)| nested(v, ids)),
+            _ => {}
+        }
+    }
+    for (k, v) in entries {
+        if crate::flow::control::is_control(&k.name) {
+            nested(v, ids);
+        }
+    }
+}
+
+/// A list of steps (the flow's, or one nested in a control kind), in order: each step's
+/// expressions may read the steps before it in this block and the blocks around it, and the
+/// steps nested in those.
+pub(crate) fn compile_block(nodes: &[Node], cx: &mut CompileCx) -> Vec<CompiledStep> {
+    let mut steps = Vec::new();
+    for step_node in nodes {
+        if let Some(step) = compile_step(step_node, cx) {
+            steps.push(step);
+        }
+        // A step that failed to compile still names its ids, so that later references to
+        // them are not reported too (once: a duplicate id fails here too).
+        let mut ids = Vec::new();
+        collect_ids(step_node, &mut ids);
+        for id in ids {
+            if !cx.steps_before.contains(&id) {
+                cx.steps_before.push(id);
+            }
+        }
+    }
+    steps
+}
+
+fn compile_step(node: &Node, cx: &mut CompileCx) -> Option<CompiledStep> {
     let Value::Map(entries) = &node.value else {
         cx.error(
             node.pos,
@@ -529,7 +617,7 @@ fn compile_step(
                 Some("use letters, digits, `-` and `_`".into()),
             );
             ok = false;
-        } else if let Some(first) = seen.insert(id.to_owned(), id_node.pos) {
+        } else if let Some(first) = cx.seen.insert(id.to_owned(), id_node.pos) {
             cx.error(
                 id_node.pos,
                 format!("duplicate step id `{id}`"),
@@ -569,6 +657,12 @@ fn compile_step(
             return None;
         }
     };
+    // The step's place: numbered before the steps nested in it.
+    let seq = cx.next_seq;
+    cx.next_seq += 1;
+    if crate::flow::control::is_control(&kind_key.name) {
+        return compile_control(node, cx, common, kind_key, kind_node, ok, seq);
+    }
     let def = STEPS
         .iter()
         .find(|d| d.kind == kind_key.name)
@@ -601,13 +695,70 @@ fn compile_step(
         .unwrap_or(DEFAULT_STEP_TIMEOUT);
     Some(CompiledStep {
         id: common.id.value.clone(),
-        seq: 0,
+        seq,
         kind: def.kind,
         when,
         retry,
         timeout,
         on_error: common.on_error.unwrap_or_default(),
-        step,
+        action: Action::Run(step),
+    })
+}
+
+/// A step of a control kind: its `if:` and common keys as for any step; `retry` and
+/// `timeout` mean nothing to it and are refused.
+fn compile_control(
+    node: &Node,
+    cx: &mut CompileCx,
+    common: Option<StepCommon>,
+    kind_key: &Key,
+    kind_node: &Node,
+    ok: bool,
+    seq: u32,
+) -> Option<CompiledStep> {
+    let common = common?;
+    let when = match &common.when {
+        Some(w) => Some(cx.expr(w)?),
+        None => None,
+    };
+    let mut ok = ok;
+    for key in ["retry", "timeout"] {
+        if let Some(n) = node.get(key) {
+            cx.error(
+                n.pos,
+                format!("`{key}` does not apply to a `{}` step", kind_key.name),
+                Some("set it on the steps inside, or remove it".into()),
+            );
+            ok = false;
+        }
+    }
+    if cx.depth >= crate::flow::control::MAX_DEPTH {
+        cx.error(
+            kind_key.pos,
+            format!(
+                "steps nest more than {} levels deep here",
+                crate::flow::control::MAX_DEPTH
+            ),
+            Some("move the inner part into a flow of its own".into()),
+        );
+        return None;
+    }
+    cx.depth += 1;
+    let control = crate::flow::control::compile(&kind_key.name, &common.id.value, kind_node, cx);
+    cx.depth -= 1;
+    let (kind, control) = control?;
+    if !ok {
+        return None;
+    }
+    Some(CompiledStep {
+        id: common.id.value.clone(),
+        seq,
+        kind,
+        when,
+        retry: RetryPolicy::none(),
+        timeout: DEFAULT_STEP_TIMEOUT,
+        on_error: common.on_error.unwrap_or_default(),
+        action: Action::Control(control),
     })
 }
 
@@ -677,7 +828,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -741,7 +892,7 @@ extra: 1
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
@@ -832,6 +983,89 @@ extra: 1
             let e = errors(&flow(rules));
             assert!(e.contains("3:") && e.contains(msg), "{rules}: {e}");
         }
+    }
+
+    #[test]
+    fn control_kinds_are_checked_where_they_are_written() {
+        let flow = "\
+id: f
+trigger: manual
+steps:
+  - id: route
+    switch:
+      cases:
+        - when: false
+          steps: [ { id: a, map: 1 } ]
+        - when: '{{ false }}'
+          steps: [ { id: b, map: '{{ .steps.a }}' } ]
+        - when: '{{ .event.body.x > }}'
+          steps: [ { id: c, htpp: {} } ]
+      default: [ { id: d, map: '{{ .steps.later }}' } ]
+  - id: short
+    switch: { if: '{{ true }}', else: [ { id: e, map: 1 } ] }
+  - id: both
+    switch: { if: '{{ true }}', then: [ { id: g, map: 1 } ], cases: [] }
+  - id: empty
+    switch: { cases: [ { when: '{{ true }}', steps: [] } ] }
+  - id: nap
+    delay: 500ms
+  - id: long
+    delay: 2 years
+  - id: when
+    delay: { until: '{{ .event.body.at' }
+  - id: tuned
+    delay: 1s
+    retry: { attempts: 3 }
+  - id: route
+    map: '{{ .steps.d }}'
+  - id: later
+    map: '{{ .steps.b }}'
+";
+        insta::assert_snapshot!(errors(flow), @r"
+        f.yaml:7:17: error: this case can never run: its `when` is always false
+          hint: remove the case, or write the condition it stands for
+        f.yaml:9:17: error: this case can never run: its `when` is always false
+          hint: remove the case, or write the condition it stands for
+        f.yaml:10:45: error: reference to unknown step `a`
+          hint: step `a` is in another arm of a switch, which never runs with this one
+        f.yaml:11:37: error: invalid expression: expected term, found end of expression
+          hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        f.yaml:12:29: error: unknown step kind `htpp`
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
+        f.yaml:13:43: error: reference to unknown step `later`
+          hint: step `later` runs later; a step can only read the results of steps before it
+        f.yaml:15:13: error: the short form of a switch needs `if` and `then`
+          hint: e.g. `switch: { if: '{{ .event.body.vip }}', then: [ … ], else: [ … ] }`
+        f.yaml:17:13: error: a switch has either `cases`/`default` or the short form `if`/`then`/`else`, not both
+          hint: keep one form
+        f.yaml:19:53: error: an arm of a switch needs at least one step
+          hint: add a step, or remove the arm
+        f.yaml:21:12: error: a delay is from 1s to 1 year, found 500ms
+          hint: e.g. `delay: 30s`, `delay: 2h`, `delay: 7d`
+        f.yaml:23:12: error: a delay is from 1s to 1 year, found 2years
+          hint: e.g. `delay: 30s`, `delay: 2h`, `delay: 7d`
+        f.yaml:25:39: error: invalid expression: expected closing brace
+          hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
+        f.yaml:28:12: error: `retry` does not apply to a `delay` step
+          hint: set it on the steps inside, or remove it
+        f.yaml:29:9: error: duplicate step id `route`
+          hint: first used at line 4; step ids must be unique
+        ");
+    }
+
+    #[test]
+    fn control_kinds_nest_at_most_eight_deep() {
+        let mut steps = String::from("[ { id: leaf, map: 1 } ]");
+        for i in 0..9 {
+            steps =
+                format!("[ {{ id: s{i}, switch: {{ if: '{{{{ true }}}}', then: {steps} }} }} ]");
+        }
+        let e = errors(&format!("id: f\ntrigger: manual\nsteps: {steps}\n"));
+        assert!(
+            e.contains("error: steps nest more than 8 levels deep here"),
+            "{e}"
+        );
+        assert_eq!(e.matches("error:").count(), 1, "{e}");
     }
 
     #[test]

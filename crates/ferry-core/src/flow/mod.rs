@@ -5,10 +5,11 @@
 //! engine only ever sees compiled flows.
 
 pub mod compile;
+pub mod control;
 pub mod load;
 pub mod model;
 pub mod node;
 pub mod schema;
 
-pub use compile::{CompiledStep, Flow, Trigger, Webhook};
+pub use compile::{Action, CompiledStep, Flow, Trigger, Webhook};
 pub use load::{Project, load_project, validate_paths};

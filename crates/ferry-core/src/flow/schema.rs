@@ -27,6 +27,17 @@ pub fn flow_schema() -> Value {
         properties.insert(def.kind.to_owned(), schema);
         kinds.push(json!({ "required": [def.kind] }));
     }
+    // Control kinds hold steps: they refer to the step schema, kept under `$defs`.
+    let step_ref = json!({ "$ref": "#/$defs/Step" });
+    for def in crate::flow::control::CONTROLS {
+        let mut schema = (def.schema)(&step_ref);
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("description")
+                .or_insert_with(|| Value::String(def.summary.to_owned()));
+        }
+        properties.insert(def.kind.to_owned(), schema);
+        kinds.push(json!({ "required": [def.kind] }));
+    }
     let step = json!({
         "type": "object",
         "description": "A step: `id`, the common keys, and exactly one kind key.",
@@ -40,7 +51,8 @@ pub fn flow_schema() -> Value {
     root["title"] = json!("Ferry flow");
     // `trigger: manual` is the short form of `trigger: { manual: {} }`.
     root["properties"]["trigger"] = json!({ "anyOf": [trigger, { "const": "manual" }] });
-    root["properties"]["steps"] = json!({ "type": "array", "minItems": 1, "items": step, "description": root["properties"]["steps"]["description"] });
+    root["$defs"]["Step"] = step;
+    root["properties"]["steps"] = json!({ "type": "array", "minItems": 1, "items": step_ref, "description": root["properties"]["steps"]["description"] });
     root
 }
 
@@ -109,5 +121,9 @@ mod tests {
         assert!(flow.is_valid(&short));
         let bad_duration = json!({"id": "x", "trigger": {"manual": {}}, "steps": [{"id": "a", "map": 1, "timeout": "soon"}]});
         assert!(!flow.is_valid(&bad_duration));
+        // Nested steps are checked as steps.
+        let nested = |inner: Value| json!({"id": "x", "trigger": "manual", "steps": [{"id": "s", "switch": {"cases": [{"when": "{{ true }}", "steps": [inner]}]}}]});
+        assert!(flow.is_valid(&nested(json!({"id": "a", "delay": "30s"}))));
+        assert!(!flow.is_valid(&nested(json!({"id": "a", "htpp": {}}))));
     }
 }

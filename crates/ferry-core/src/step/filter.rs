@@ -8,7 +8,7 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{CompileCx, Step, StepCx, StepDef, StepError, StepOutput};
+use super::{CompileCx, Outcome, Step, StepCx, StepDef, StepError, StepOutput};
 use crate::expr::Expr;
 use crate::flow::node::{Node, Spanned};
 
@@ -42,7 +42,11 @@ impl Step for Filter {
             Ok(StepOutput {
                 value: serde_json::json!({ "passed": pass }),
                 request: None,
-                stop: !pass,
+                outcome: if pass {
+                    Outcome::Continue
+                } else {
+                    Outcome::succeed()
+                },
             })
         }
         .boxed()

@@ -1001,7 +1001,7 @@ impl Graphql {
             return Ok(StepOutput {
                 value: page.to_json(),
                 request: Some(request),
-                stop: false,
+                outcome: super::Outcome::Continue,
             });
         };
         let mut merged = Merged {
@@ -1034,7 +1034,7 @@ impl Graphql {
                     return Ok(StepOutput {
                         value: json!({ "data": merged.data, "errors": errors, "pages": merged.pages }),
                         request: Some(request),
-                        stop: false,
+                        outcome: super::Outcome::Continue,
                     });
                 }
                 Err(message) => {
@@ -1167,6 +1167,9 @@ mod tests {
             steps_before: vec!["one".into()],
             all_steps: vec![],
             reads: Default::default(),
+            seen: HashMap::new(),
+            next_seq: 0,
+            depth: 0,
         };
         for step in steps {
             let _ = compile(step.get("graphql").expect("a graphql step"), &mut cx);

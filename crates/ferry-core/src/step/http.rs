@@ -481,7 +481,7 @@ impl Http {
             Ok(StepOutput {
                 value: reply.result(body),
                 request: Some(reply.request),
-                stop: false,
+                outcome: super::Outcome::Continue,
             })
         } else {
             Err(reply.status_error(&self.method, &url, body))
@@ -593,7 +593,7 @@ impl Http {
                     return Ok(StepOutput {
                         value,
                         request: Some(request),
-                        stop: false,
+                        outcome: super::Outcome::Continue,
                     });
                 }
             }
@@ -860,6 +860,9 @@ mod tests {
             steps_before: vec![],
             all_steps: vec![],
             reads: Default::default(),
+            seen: HashMap::new(),
+            next_seq: 0,
+            depth: 0,
         };
         let compiled = compile(&node, &mut cx).is_some();
         assert_eq!(

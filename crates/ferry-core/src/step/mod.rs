@@ -45,8 +45,12 @@ pub const STEPS: &[StepDef] = &[
     log::DEF,
 ];
 
+/// Every step kind: those of `step/`, then the control kinds the engine runs itself.
 pub fn kinds() -> impl Iterator<Item = &'static str> {
-    STEPS.iter().map(|d| d.kind)
+    STEPS
+        .iter()
+        .map(|d| d.kind)
+        .chain(crate::flow::control::CONTROLS.iter().map(|c| c.kind))
 }
 
 /// A compiled step.
@@ -164,8 +168,36 @@ pub struct StepOutput {
     pub value: Json,
     /// What was sent (after masking), for the run record.
     pub request: Option<Json>,
-    /// End the run here, as succeeded (a `filter` that did not pass).
-    pub stop: bool,
+    /// What the run does next: go on, or (a `filter` that did not pass) end as succeeded.
+    pub outcome: Outcome,
+}
+
+/// What happens to a run after a step: the engine's decision, which a step kind proposes
+/// (`Continue`, or `Finish` for a `filter`) and the engine completes (a retry, a `delay`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Outcome {
+    /// The next step runs.
+    #[default]
+    Continue,
+    /// The step failed an attempt; the run is queued for the next one at this time.
+    RetryAt { at_ms: i64 },
+    /// The run sleeps in the queue (a `delay`) until this time; not an attempt.
+    WaitUntil { at_ms: i64 },
+    /// The run ends here.
+    Finish {
+        status: crate::store::RunStatus,
+        error: Option<Json>,
+    },
+}
+
+impl Outcome {
+    /// The run ends as succeeded.
+    pub fn succeed() -> Outcome {
+        Outcome::Finish {
+            status: crate::store::RunStatus::Succeeded,
+            error: None,
+        }
+    }
 }
 
 /// Why an attempt failed.
@@ -262,6 +294,12 @@ pub struct CompileCx<'a> {
     pub all_steps: Vec<String>,
     /// What the expressions compiled so far can read of a run's context.
     pub reads: crate::expr::Reads,
+    /// Step ids met so far, at any depth, with where (ids are unique in a flow).
+    pub seen: HashMap<String, Pos>,
+    /// The `seq` of the next step compiled.
+    pub next_seq: u32,
+    /// How many control kinds enclose the step being compiled.
+    pub depth: u32,
 }
 
 impl CompileCx<'_> {
@@ -410,7 +448,11 @@ impl CompileCx<'_> {
                 continue;
             }
             let at = self.pos_in_string(pos, text, base + offset);
-            let hint = if self.all_steps.contains(&name) {
+            let hint = if self.seen.contains_key(&name) {
+                format!(
+                    "step `{name}` is in another arm of a switch, which never runs with this one"
+                )
+            } else if self.all_steps.contains(&name) {
                 format!(
                     "step `{name}` runs later; a step can only read the results of steps before it"
                 )

@@ -488,7 +488,7 @@ impl Soap {
             return Ok(StepOutput {
                 value: reply.result(Json::Null),
                 request: Some(reply.request),
-                stop: false,
+                outcome: super::Outcome::Continue,
             });
         }
         let decoded = match decode(&reply) {
@@ -533,7 +533,7 @@ impl Soap {
             Answer::Empty => Ok(StepOutput {
                 value: reply.result(Json::Null),
                 request: Some(reply.request.clone()),
-                stop: false,
+                outcome: super::Outcome::Continue,
             }),
             Answer::Element(node) => {
                 let types = SchemaPaths {
@@ -548,7 +548,7 @@ impl Soap {
                 Ok(StepOutput {
                     value: reply.result(Json::Object(body)),
                     request: Some(reply.request.clone()),
-                    stop: false,
+                    outcome: super::Outcome::Continue,
                 })
             }
         }

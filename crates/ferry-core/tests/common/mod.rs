@@ -1,0 +1,78 @@
+//! What the engine tests share: a scripted loopback server and throwaway projects.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{StatusCode, Uri};
+
+/// A loopback server: answers each path with the statuses scripted for it, in order, then 200.
+#[derive(Clone, Default)]
+pub struct Upstream {
+    script: Arc<Mutex<HashMap<String, VecDeque<u16>>>>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> (Upstream, String) {
+        let up = Upstream::default();
+        let state = up.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri| {
+            let state = state.clone();
+            async move {
+                let path = uri.path().to_owned();
+                state.calls.lock().unwrap().push(path.clone());
+                let status = state
+                    .script
+                    .lock()
+                    .unwrap()
+                    .get_mut(&path)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or(200);
+                (StatusCode::from_u16(status).unwrap(), "{\"ok\":true}")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (up, url)
+    }
+
+    pub fn script(&self, path: &str, statuses: &[u16]) {
+        self.script
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default()
+            .extend(statuses);
+    }
+
+    pub fn calls(&self, path: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+pub fn project(files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    std::fs::create_dir_all(dir.path().join("connections")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+pub fn step<'a>(
+    run: &'a ferry_core::store::RunDetail,
+    path: &str,
+) -> &'a ferry_core::store::StepRow {
+    run.steps
+        .iter()
+        .find(|s| s.path == path)
+        .unwrap_or_else(|| panic!("no row for `{path}`: {run:#?}"))
+}

@@ -1,0 +1,298 @@
+//! The control kinds (`switch`, `delay`) in the engine harness: which rows a run writes, what
+//! a resume does with them, and when a sleeping run wakes — on a clock the test moves.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use ferry_core::engine::harness::{Harness, START_MS};
+use ferry_core::store::{ReplayFrom, RunStatus, StepStatus};
+
+mod common;
+use common::{Upstream, project, step};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A project with the connection `api` to `url` and the flow `f` whose steps are `steps`.
+fn flow(url: &str, steps: &str) -> tempfile::TempDir {
+    project(&[
+        (
+            "connections/api.yaml",
+            format!("id: api\nbase_url: '{url}'\nretry: {{ attempts: 1 }}\n"),
+        ),
+        (
+            "flows/f.yaml",
+            format!("id: f\ntrigger: manual\nsteps:\n{steps}"),
+        ),
+    ])
+}
+
+fn post(id: &str, path: &str) -> String {
+    format!("  - id: {id}\n    http: {{ connection: api, method: POST, path: {path} }}\n")
+}
+
+const ROUTE: &str = "
+  - id: route
+    switch:
+      cases:
+        - when: '{{ .event.body.total > 1000 }}'
+          steps:
+            - id: alert
+              http: { connection: api, method: POST, path: /alert }
+        - when: '{{ .event.body.total > 100 }}'
+          steps:
+            - id: note
+              map: { size: medium }
+      default:
+        - id: small
+          map: { size: small }
+  - id: after
+    map: { route: '{{ .steps.route }}', alerted: '{{ .steps.alert.status }}', note: '{{ .steps.note }}' }
+";
+
+#[tokio::test]
+async fn a_switch_runs_the_first_true_case_and_records_the_arm() {
+    let (up, url) = Upstream::start().await;
+    let dir = flow(&url, ROUTE);
+    let h = Harness::load(dir.path());
+
+    let big = h.start("f", json!({"total": 5000})).await.unwrap();
+    let medium = h.start("f", json!({"total": 500})).await.unwrap();
+    let small = h.start("f", json!({"total": 5})).await.unwrap();
+    h.settle().await;
+
+    let run = h.run(&big).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let paths: Vec<&str> = run.steps.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["route", "route/0/alert", "after"]);
+    assert_eq!(step(&run, "route").output, Some(json!({"case": 0})));
+    assert_eq!(
+        step(&run, "after").output,
+        Some(json!({"route": {"case": 0}, "alerted": 200, "note": null}))
+    );
+    assert_eq!(up.calls("/alert"), 1);
+
+    let run = h.run(&medium).await;
+    let paths: Vec<&str> = run.steps.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["route", "route/1/note", "after"]);
+    assert_eq!(
+        step(&run, "after").output,
+        Some(json!({"route": {"case": 1}, "alerted": null, "note": {"size": "medium"}}))
+    );
+
+    let run = h.run(&small).await;
+    let paths: Vec<&str> = run.steps.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["route", "route/default/small", "after"]);
+    assert_eq!(step(&run, "route").output, Some(json!({"case": "default"})));
+    assert_eq!(up.calls("/alert"), 1, "only the big order alerted");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_short_form_is_a_two_arm_switch_and_a_switch_may_end_the_flow() {
+    let (up, url) = Upstream::start().await;
+    let steps = format!(
+        "  - id: vip\n    switch:\n      if: '{{{{ .event.body.vip }}}}'\n      then:\n{}      else:\n{}",
+        post("welcome", "/welcome")
+            .replace("  - ", "        - ")
+            .replace("\n    ", "\n          "),
+        post("plain", "/plain")
+            .replace("  - ", "        - ")
+            .replace("\n    ", "\n          "),
+    );
+    let dir = flow(&url, &steps);
+    let h = Harness::load(dir.path());
+    let yes = h.start("f", json!({"vip": true})).await.unwrap();
+    let no = h.start("f", json!({"vip": false})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&yes).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(step(&run, "vip").output, Some(json!({"case": 0})));
+    assert_eq!(step(&run, "vip/0/welcome").status, StepStatus::Succeeded);
+    let run = h.run(&no).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        step(&run, "vip/default/plain").status,
+        StepStatus::Succeeded
+    );
+    assert_eq!((up.calls("/welcome"), up.calls("/plain")), (1, 1));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_run_takes_the_arm_its_row_records_even_when_the_condition_changed() {
+    // `.run.attempt` is 1, then 2 after the replay: evaluated again, the condition would take
+    // the other arm.
+    let (up, url) = Upstream::start().await;
+    up.script("/first", &[422]);
+    let steps = "
+  - id: route
+    switch:
+      cases:
+        - when: '{{ .run.attempt == 1 }}'
+          steps:
+            - id: first
+              http: { connection: api, method: POST, path: /first }
+      default:
+        - id: other
+          http: { connection: api, method: POST, path: /other }
+";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+    assert_eq!(step(&run, "route").output, Some(json!({"case": 0})));
+
+    h.replay(&id, ReplayFrom::Failed).await.unwrap();
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(run.summary.attempt, 2);
+    assert_eq!((up.calls("/first"), up.calls("/other")), (2, 0));
+
+    // Replayed from the start, the switch decides again.
+    h.replay(&id, ReplayFrom::Start).await.ok();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_sleeps_in_the_queue_until_its_time_and_is_not_an_attempt() {
+    let (up, url) = Upstream::start().await;
+    let steps = format!(
+        "{}  - id: cool-off\n    delay: 1h\n{}",
+        post("before", "/before"),
+        post("after", "/after")
+    );
+    let dir = flow(&url, &steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    let delay = step(&run, "cool-off");
+    assert_eq!(delay.status, StepStatus::Waiting);
+    assert_eq!(delay.attempts, 0, "a delay is not an attempt");
+    let until = START_MS + 3_600_000;
+    assert_eq!(delay.output.as_ref().unwrap()["until_ms"], until);
+    assert_eq!(
+        delay.output.as_ref().unwrap()["until"],
+        "2026-01-01T01:00:00.000Z"
+    );
+    assert_eq!((up.calls("/before"), up.calls("/after")), (1, 0));
+
+    h.advance(HOUR - MINUTE).await;
+    assert_eq!(up.calls("/after"), 0, "woke early");
+    assert_eq!(h.run(&id).await.summary.status, RunStatus::Queued);
+    h.advance(MINUTE).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(step(&run, "cool-off").status, StepStatus::Succeeded);
+    assert_eq!((up.calls("/before"), up.calls("/after")), (1, 1));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_until_a_time_from_the_event_and_one_already_past() {
+    let (up, url) = Upstream::start().await;
+    let steps = format!(
+        "  - id: wait\n    delay: {{ until: '{{{{ .event.body.at }}}}' }}\n{}",
+        post("after", "/after")
+    );
+    let dir = flow(&url, &steps);
+    let h = Harness::load(dir.path());
+    // 07:00 in Hanoi is midnight UTC: two hours after the start.
+    let later = h
+        .start("f", json!({"at": "2026-01-01T09:00:00+07:00"}))
+        .await
+        .unwrap();
+    let past = h
+        .start("f", json!({"at": "2025-12-31T00:00:00Z"}))
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(h.run(&past).await.summary.status, RunStatus::Succeeded);
+    assert_eq!(h.run(&later).await.summary.status, RunStatus::Queued);
+    h.advance(2 * HOUR - MINUTE).await;
+    assert_eq!(up.calls("/after"), 1);
+    h.advance(MINUTE).await;
+    assert_eq!(h.run(&later).await.summary.status, RunStatus::Succeeded);
+    assert_eq!(up.calls("/after"), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_until_something_that_is_not_a_time_fails_the_step_with_what_it_got() {
+    let (_up, url) = Upstream::start().await;
+    let steps =
+        "  - id: wait\n    delay: { until: '{{ .event.body.at }}' }\n  - id: x\n    map: 1\n";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    for (body, message) in [
+        (
+            json!({"at": "tomorrow"}),
+            "`until` must be an RFC 3339 time such as \"2026-12-24T09:00:00+07:00\", got \"tomorrow\"",
+        ),
+        (
+            json!({"at": 5}),
+            "`until` must be an RFC 3339 time such as \"2026-12-24T09:00:00+07:00\", got 5",
+        ),
+        (
+            json!({"at": "2030-01-01T00:00:00Z"}),
+            "`until` is more than a year away",
+        ),
+    ] {
+        let id = h.start("f", body.clone()).await.unwrap();
+        h.settle().await;
+        let run = h.run(&id).await;
+        assert_eq!(run.summary.status, RunStatus::Failed, "{body}: {run:#?}");
+        let error = run.summary.error.unwrap();
+        assert_eq!(error["step"], "wait");
+        let text = error["message"].as_str().unwrap();
+        assert!(text.starts_with(message), "{body}: {text}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_inside_an_arm_resumes_inside_that_arm() {
+    let (up, url) = Upstream::start().await;
+    let steps = "
+  - id: route
+    switch:
+      if: '{{ .event.body.later }}'
+      then:
+        - id: nap
+          delay: 30m
+        - id: late
+          http: { connection: api, method: POST, path: /late }
+      else:
+        - id: now
+          http: { connection: api, method: POST, path: /now }
+  - id: done
+    http: { connection: api, method: POST, path: /done }
+";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({"later": true})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(
+        step(&run, "route/0/nap").status,
+        StepStatus::Waiting,
+        "{run:#?}"
+    );
+    assert_eq!(up.calls("/late") + up.calls("/done"), 0);
+    h.advance(30 * MINUTE).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let paths: Vec<&str> = run.steps.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["route", "route/0/nap", "route/0/late", "done"]);
+    assert_eq!(
+        (up.calls("/late"), up.calls("/now"), up.calls("/done")),
+        (1, 0, 1)
+    );
+    h.stop().await;
+}
