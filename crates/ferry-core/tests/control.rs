@@ -296,3 +296,254 @@ async fn a_delay_inside_an_arm_resumes_inside_that_arm() {
     );
     h.stop().await;
 }
+
+/// A loop over `.event.body.items` that POSTs each item to `/item/INDEX`.
+fn each_item(extra: &str) -> String {
+    format!(
+        "
+  - id: lines
+    foreach:
+      items: '{{{{ .event.body.items }}}}'
+{extra}      steps:
+        - id: charge
+          http: {{ connection: api, method: POST, path: '/item/{{{{ .index }}}}', body: {{ sku: '{{{{ .item }}}}', at: '{{{{ .index }}}}' }} }}
+  - id: after
+    map: {{ lines: '{{{{ .steps.lines }}}}', charge: '{{{{ .steps.charge }}}}' }}
+"
+    )
+}
+
+#[tokio::test]
+async fn foreach_runs_every_item_and_collects_results_in_input_order() {
+    let (up, url) = Upstream::start().await;
+    let steps = each_item("      concurrency: 3\n      output: '{{ .steps.charge.body.sku }}'\n");
+    let dir = flow(&url, &steps);
+    let h = Harness::load(dir.path());
+    let skus: Vec<String> = (0..10).map(|i| format!("sku-{i}")).collect();
+    let id = h.start("f", json!({ "items": skus })).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(step(&run, "lines").output, Some(json!(skus)));
+    // Outside the loop, an item's step has no result.
+    assert_eq!(
+        step(&run, "after").output,
+        Some(json!({"lines": skus, "charge": null}))
+    );
+    for i in 0..10 {
+        let row = step(&run, &format!("lines/{i}/charge"));
+        assert_eq!(row.status, StepStatus::Succeeded);
+        assert_eq!(
+            row.output.as_ref().unwrap()["body"],
+            json!({"sku": format!("sku-{i}"), "at": i})
+        );
+    }
+    let mut keys: Vec<String> = up.keys().into_iter().map(|(_, k)| k).collect();
+    keys.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("{id}:lines/{i}/charge")).collect();
+    want.sort();
+    assert_eq!(keys, want, "one call per item, keyed by its path");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_loop_runs_only_the_items_not_done() {
+    let (up, url) = Upstream::start().await;
+    up.script("/item/3", &[503]);
+    up.script("/item/6", &[503]);
+    let dir = project(&[
+        (
+            "connections/api.yaml",
+            format!(
+                "id: api\nbase_url: '{url}'\nretry: {{ attempts: 3, initial: 1h, backoff: fixed }}\n"
+            ),
+        ),
+        (
+            "flows/f.yaml",
+            format!("id: f\ntrigger: manual\nsteps:{}", each_item("")),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+    let id = h
+        .start("f", json!({ "items": (0..8).collect::<Vec<_>>() }))
+        .await
+        .unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    assert_eq!(step(&run, "lines/3/charge").status, StepStatus::Retrying);
+    assert!(
+        run.steps.iter().all(|s| s.path != "lines"),
+        "the loop is not done: {run:#?}"
+    );
+    assert_eq!(up.total(), 8);
+
+    h.advance(HOUR).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        up.total(),
+        10,
+        "only the two failed items were called again"
+    );
+    assert_eq!(
+        (
+            up.calls("/item/3"),
+            up.calls("/item/6"),
+            up.calls("/item/0")
+        ),
+        (2, 2, 1)
+    );
+    let results = step(&run, "lines").output.clone().unwrap();
+    assert_eq!(results.as_array().unwrap().len(), 8);
+    assert_eq!(results[3]["body"]["sku"], 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn item_failures_fail_the_loop_or_are_collected_or_tolerated() {
+    let (up, url) = Upstream::start().await;
+    for i in [1, 4] {
+        // Three runs below reach these items.
+        up.script(&format!("/item/{i}"), &[422, 422, 422]);
+    }
+    let dir = project(&[
+        (
+            "connections/api.yaml",
+            format!("id: api\nbase_url: '{url}'\nretry: {{ attempts: 1 }}\n"),
+        ),
+        (
+            "flows/fail.yaml",
+            format!(
+                "id: fail\ntrigger: manual\nsteps:{}",
+                each_item("      concurrency: 1\n")
+            ),
+        ),
+        (
+            "flows/go-on.yaml",
+            format!(
+                "id: go-on\ntrigger: manual\nsteps:{}",
+                each_item("      on_item_error: continue\n")
+            ),
+        ),
+        (
+            "flows/one.yaml",
+            format!(
+                "id: one\ntrigger: manual\nsteps:{}",
+                each_item("      on_item_error: { tolerate: 1 }\n")
+            ),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+    let body = json!({ "items": ["a", "b", "c", "d", "e", "f"] });
+
+    // `fail`: item 1 fails; with one item at a time, no item after it starts.
+    let id = h.start("fail", body.clone()).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+    let error = run.summary.error.clone().unwrap();
+    assert_eq!(error["step"], "lines");
+    assert_eq!(error["kind"], "items");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("item 1 failed: "),
+        "{error}"
+    );
+    assert_eq!(up.total(), 2, "items after the failure started");
+
+    // `continue`: every item runs; the failed ones' results are their errors.
+    let id = h.start("go-on", body.clone()).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let results = step(&run, "lines").output.clone().unwrap();
+    assert_eq!(results[1]["error"]["status"], 422);
+    assert_eq!(results[4]["error"]["status"], 422);
+    assert_eq!(results[2]["body"]["sku"], "c");
+    assert_eq!(up.total(), 2 + 6);
+
+    // `tolerate: 1`: two failures are one too many.
+    let id = h.start("one", body).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+    let message = run.summary.error.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.ends_with("(2 of 6 items failed)"), "{message}");
+
+    // Replayed from the failed step, only the failed items run again (they pass now).
+    let before = up.total();
+    h.replay(&id, ReplayFrom::Failed).await.unwrap();
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(up.total() - before, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_inside_foreach_items_sleeps_in_the_queue_for_all_of_them() {
+    let (up, url) = Upstream::start().await;
+    let steps = "
+  - id: lines
+    foreach:
+      items: [1, 2, 3]
+      steps:
+        - id: nap
+          delay: 10m
+        - id: ping
+          http: { connection: api, method: POST, path: '/ping/{{ .item }}' }
+";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    assert_eq!(step(&run, "lines/2/nap").status, StepStatus::Waiting);
+    assert_eq!(up.total(), 0);
+    h.advance(10 * MINUTE).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        (
+            up.calls("/ping/1"),
+            up.calls("/ping/2"),
+            up.calls("/ping/3")
+        ),
+        (1, 1, 1)
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn items_that_are_not_a_list_or_too_many_fail_the_step_precisely() {
+    let (up, url) = Upstream::start().await;
+    let dir = flow(&url, &each_item("      max_items: 3\n"));
+    let h = Harness::load(dir.path());
+    for (items, message) in [
+        (json!({"a": 1}), "`items` must be a list, got {\"a\":1}"),
+        (json!(null), "`items` must be a list, got null"),
+        (
+            json!([1, 2, 3, 4]),
+            "`items` has 4 entries, more than `max_items` (3)",
+        ),
+    ] {
+        let id = h.start("f", json!({ "items": items })).await.unwrap();
+        h.settle().await;
+        let run = h.run(&id).await;
+        assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+        let error = run.summary.error.unwrap();
+        assert_eq!(error["step"], "lines");
+        assert!(
+            error["message"].as_str().unwrap().starts_with(message),
+            "{error}"
+        );
+    }
+    assert_eq!(up.total(), 0, "no item ran");
+    h.stop().await;
+}

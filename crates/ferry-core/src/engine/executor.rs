@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde_json::{Value as Json, json};
 
 use super::Engine;
-use crate::flow::control::{Arm, Control, Delay, Switch};
+use crate::flow::control::{Arm, Control, Delay, Foreach, Items, Switch};
 use crate::flow::model::OnError;
 use crate::flow::{Action, CompiledStep, Flow};
 use crate::step::{ErrorKind, Outcome, StepCx, StepError, StepOutput};
@@ -154,7 +154,12 @@ impl StepPath {
 /// What a stored row says about its path when a run resumes.
 enum Prior {
     /// Finished (succeeded, skipped, failed and gone on); a `switch` also says which arm.
-    Done { arm: Option<Arm> },
+    /// A nested step keeps its output, which becomes `.steps.ID` when the walk reaches it
+    /// (inside a `foreach` item, only that item's context holds it).
+    Done {
+        arm: Option<Arm>,
+        output: Option<Json>,
+    },
     /// The last attempt failed; this many were made.
     Retrying(u32),
     /// A `delay` not over yet.
@@ -185,12 +190,18 @@ impl RunCx {
             let prior = match row.status {
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
                     let output = row.output.as_ref().unwrap_or(&Json::Null);
-                    cx.outputs.set_step(StepPath::step_id(&row.path), output);
+                    let nested = row.path.contains('/');
+                    if !nested {
+                        cx.outputs.set_step(&row.path, output);
+                    }
                     let arm = match output {
                         Json::Object(o) if o.contains_key("case") => Arm::from_json(output),
                         _ => None,
                     };
-                    Prior::Done { arm }
+                    Prior::Done {
+                        arm,
+                        output: nested.then(|| output.clone()),
+                    }
                 }
                 StepStatus::Retrying => Prior::Retrying(row.attempts),
                 StepStatus::Waiting => Prior::Waiting(row.clone()),
@@ -226,7 +237,7 @@ impl RunCx {
     /// Records a finished step: its output is `.steps.ID` from now on.
     fn done(&mut self, step: &CompiledStep, path: StepPath, output: &Json, arm: Option<Arm>) {
         self.outputs.set_step(&step.id, output);
-        self.prior.insert(path.0, Prior::Done { arm });
+        self.prior.insert(path.0, Prior::Done { arm, output: None });
     }
 }
 
@@ -258,6 +269,18 @@ enum Until {
     /// Only leading steps that compute in bounded time (`Step::inline`); stop before the first
     /// other one.
     FirstCall,
+}
+
+/// How one `foreach` item ended, with its rows not yet committed.
+enum ItemEnd {
+    /// Its steps are done; its result.
+    Done(Json, Vec<StepRow>),
+    /// A retry or a delay inside it is due then.
+    Waiting(i64, Vec<StepRow>),
+    /// A step failed for good: what the run would have become, and the error.
+    Failed(RunStatus, Json, Vec<StepRow>),
+    /// Not started: the loop had already failed.
+    NotRun,
 }
 
 /// How a pass over a block of steps ended.
@@ -394,8 +417,12 @@ impl Engine {
             let path = StepPath::of(prefix, &step.id);
             let last = tail && i + 1 == block.len();
             let next = match cx.prior.get(path.as_str()) {
-                Some(Prior::Done { arm }) => {
+                Some(Prior::Done { arm, output }) => {
                     let arm = *arm;
+                    if let Some(output) = output {
+                        let output = output.clone();
+                        cx.outputs.set_step(&step.id, &output);
+                    }
                     match &step.action {
                         // Resume inside the arm it took.
                         Action::Control(Control::Switch(sw)) => {
@@ -506,6 +533,9 @@ impl Engine {
                 cx.done(step, path.clone(), &output, Some(arm));
                 self.run_arm(cx, sw, arm, &path, last, until).await
             }
+            Action::Control(Control::Foreach(each)) => {
+                self.foreach(cx, step, path, each, started, ctx, last).await
+            }
             Action::Control(Control::Delay(delay)) => {
                 self.delay(cx, step, path, delay, started, ctx, last).await
             }
@@ -533,6 +563,229 @@ impl Engine {
                 Pass::Done if last => Ok(Pass::Stop(Outcome::succeed())),
                 other => Ok(other),
             }
+        })
+    }
+
+    /// A `foreach`: every item's steps, `concurrency` items at a time, each item's rows at
+    /// `LOOP/INDEX/ID`. Items whose rows are all done (a resumed run) give their result
+    /// again without running; the others run. The loop's own row is written once every item
+    /// is done: its result is the items' results in input order.
+    #[allow(clippy::too_many_arguments)]
+    async fn foreach(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        each: &Foreach,
+        started: i64,
+        ctx: jaq_json::Val,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        use futures::StreamExt;
+
+        let items = match self.foreach_items(each, &ctx).await {
+            Ok(items) => items,
+            Err(e) => return self.outcome(cx, step, path, 1, started, Err(e), last).await,
+        };
+        let total = items.len();
+        // A decision waiting in `pending` is stored before any item calls out.
+        if cx.decided {
+            let rows = std::mem::take(&mut cx.pending);
+            self.commit(cx, rows, RunUpdate::Continue).await?;
+            cx.decided = false;
+        }
+        // What the stored rows say about each item, taken out of the run's map in one pass.
+        let prefix = format!("{}/", path.as_str());
+        let mut by_item: HashMap<usize, HashMap<String, Prior>> = HashMap::new();
+        let keys: Vec<String> = cx
+            .prior
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in keys {
+            let index = key[prefix.len()..]
+                .split('/')
+                .next()
+                .and_then(|i| i.parse().ok());
+            if let (Some(index), Some(prior)) = (index, cx.prior.remove(&key)) {
+                by_item.entry(index).or_default().insert(key, prior);
+            }
+        }
+
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let base = cx.outputs.clone();
+        let (run_id, redaction) = (cx.run_id.clone(), cx.redaction.clone());
+        let mut ends = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(index, item)| {
+                let prior = by_item.remove(&index).unwrap_or_default();
+                let run = (!stop.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
+                    let mut icx = RunCx::new(
+                        run_id.clone(),
+                        base.for_item(crate::expr::json_to_val(&item), index),
+                        redaction.clone(),
+                    );
+                    icx.prior = prior;
+                    icx
+                });
+                let item_path = format!("{}/{index}", path.as_str());
+                async move {
+                    match run {
+                        Some(icx) => self.run_item(icx, each, item_path).await,
+                        None => Ok(ItemEnd::NotRun),
+                    }
+                }
+            })
+            .buffered(each.concurrency);
+
+        let mut results: Vec<Json> = Vec::with_capacity(total);
+        let mut failed: Vec<(usize, RunStatus, Json)> = Vec::new();
+        let mut wake_at: Option<i64> = None;
+        let mut rows: Vec<StepRow> = Vec::new();
+        while let Some(end) = ends.next().await {
+            let index = results.len();
+            let (result, item_rows) = match end? {
+                ItemEnd::Done(value, item_rows) => (value, item_rows),
+                ItemEnd::Waiting(at, item_rows) => {
+                    wake_at = Some(wake_at.map_or(at, |w: i64| w.min(at)));
+                    (Json::Null, item_rows)
+                }
+                ItemEnd::Failed(status, error, item_rows) => {
+                    failed.push((index, status, error.clone()));
+                    if each.on_item_error.too_many(failed.len(), total) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (json!({ "error": error }), item_rows)
+                }
+                ItemEnd::NotRun => (Json::Null, Vec::new()),
+            };
+            results.push(result);
+            rows.extend(item_rows);
+            // Rows of steps that only compute ride along, a batch at a time: a long loop of
+            // them holds no more than this in memory.
+            if rows.len() >= 512 {
+                let batch = std::mem::take(&mut rows);
+                self.commit_as(
+                    run_id.as_str(),
+                    redaction.as_deref(),
+                    batch,
+                    RunUpdate::Continue,
+                )
+                .await?;
+            }
+        }
+        drop(ends);
+        cx.pending.extend(rows);
+
+        if each.on_item_error.too_many(failed.len(), total) {
+            let (index, _, error) = &failed[0];
+            let dead = failed.iter().any(|(_, s, _)| *s == RunStatus::Dead);
+            let message = format!(
+                "item {index} failed: {}{}",
+                error["message"].as_str().unwrap_or("(no message)"),
+                match failed.len() {
+                    1 => String::new(),
+                    n => format!(" ({n} of {total} items failed)"),
+                }
+            );
+            let mut e = StepError::new(ErrorKind::Items { retryable: dead }, message);
+            e.response = Some(
+                json!({ "failed_items": failed.iter().map(|(i, _, _)| *i).collect::<Vec<_>>() }),
+            );
+            return self.outcome(cx, step, path, 1, started, Err(e), last).await;
+        }
+        if let Some(at_ms) = wake_at {
+            return Ok(Pass::Stop(Outcome::WaitUntil { at_ms }));
+        }
+        let out = StepOutput {
+            value: Json::Array(results),
+            ..Default::default()
+        };
+        self.outcome(cx, step, path, 1, started, Ok(out), last)
+            .await
+    }
+
+    /// The list a `foreach` goes over, checked against its limit.
+    async fn foreach_items(
+        &self,
+        each: &Foreach,
+        ctx: &jaq_json::Val,
+    ) -> Result<Vec<Json>, StepError> {
+        let value = match &each.items {
+            Items::List(l) => Json::Array(l.clone()),
+            Items::Expr(e) => crate::expr::eval_value(e, ctx, self.config.expr_timeout)
+                .await
+                .map_err(|e| {
+                    StepError::new(ErrorKind::Expression, format!("in `items`: {}", e.message))
+                })?,
+        };
+        let Json::Array(items) = value else {
+            return Err(StepError::new(
+                ErrorKind::Expression,
+                format!("`items` must be a list, got {}", short(&value)),
+            ));
+        };
+        if items.len() > each.max_items {
+            return Err(StepError::new(
+                ErrorKind::Expression,
+                format!(
+                    "`items` has {} entries, more than `max_items` ({}); raise `max_items` (at most {}) or split the list",
+                    items.len(),
+                    each.max_items,
+                    crate::flow::control::MAX_ITEMS_LIMIT
+                ),
+            ));
+        }
+        Ok(items)
+    }
+
+    /// One item of a `foreach` (boxed: loops nest).
+    fn run_item<'a>(
+        &'a self,
+        mut icx: RunCx,
+        each: &'a Foreach,
+        item_path: String,
+    ) -> futures::future::BoxFuture<'a, Result<ItemEnd, crate::store::StoreError>> {
+        Box::pin(async move {
+            let pass = self
+                .run_block(&mut icx, &each.steps, Some(&item_path), false, Until::End)
+                .await?;
+            let rows = std::mem::take(&mut icx.pending);
+            Ok(match pass {
+                // A `filter` inside an item ends the item, not the run.
+                Pass::Done
+                | Pass::Paused
+                | Pass::Stop(Outcome::Finish {
+                    status: RunStatus::Succeeded,
+                    ..
+                }) => {
+                    let value = match &each.output {
+                        Some(t) => {
+                            let ctx = icx.outputs.val();
+                            match t.render(&ctx) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    let error = json!({"kind": "expression", "message": format!("in `output`: {}", e.message)});
+                                    return Ok(ItemEnd::Failed(RunStatus::Failed, error, rows));
+                                }
+                            }
+                        }
+                        None => each
+                            .steps
+                            .last()
+                            .and_then(|s| icx.outputs.step(&s.id))
+                            .unwrap_or(Json::Null),
+                    };
+                    ItemEnd::Done(value, rows)
+                }
+                Pass::Stop(Outcome::RetryAt { at_ms } | Outcome::WaitUntil { at_ms }) => {
+                    ItemEnd::Waiting(at_ms, rows)
+                }
+                Pass::Stop(Outcome::Finish { status, error }) => {
+                    ItemEnd::Failed(status, error.unwrap_or(Json::Null), rows)
+                }
+                Pass::Stop(Outcome::Continue) => ItemEnd::Done(Json::Null, rows),
+            })
         })
     }
 
@@ -752,7 +1005,13 @@ impl Engine {
                 self.report(cx, step, &row, None);
                 cx.outputs
                     .set_step(&step.id, row.output.as_ref().expect("set"));
-                cx.prior.insert(path.0, Prior::Done { arm: None });
+                cx.prior.insert(
+                    path.0,
+                    Prior::Done {
+                        arm: None,
+                        output: None,
+                    },
+                );
                 cx.pending.push(row);
                 let end = last || matches!(out.outcome, Outcome::Finish { .. });
                 self.advance(cx, step, end).await

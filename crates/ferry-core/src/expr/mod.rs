@@ -509,6 +509,9 @@ pub struct RunContext {
     event: Val,
     run: Val,
     steps: jaq_json::Map,
+    /// Inside a `foreach` item: the item and its index; else `null`.
+    item: Val,
+    index: Val,
 }
 
 fn key(k: &str) -> Val {
@@ -524,6 +527,8 @@ impl RunContext {
             event,
             run: json_to_val(run),
             steps: jaq_json::Map::default(),
+            item: Val::Null,
+            index: Val::Null,
         }
     }
 
@@ -533,6 +538,8 @@ impl RunContext {
             event,
             run: json_to_val(run),
             steps: jaq_json::Map::default(),
+            item: Val::Null,
+            index: Val::Null,
         }
     }
 
@@ -541,13 +548,28 @@ impl RunContext {
         self.steps.insert(key(id), json_to_val(output));
     }
 
-    /// `{"event", "steps", "run", "item": null}`.
+    /// The context of one `foreach` item: this one's steps, with `.item` and `.index` set.
+    pub fn for_item(&self, item: Val, index: usize) -> RunContext {
+        RunContext {
+            item,
+            index: Val::from(index as isize),
+            ..self.clone()
+        }
+    }
+
+    /// `.steps.<id>` as recorded, if it is.
+    pub fn step(&self, id: &str) -> Option<serde_json::Value> {
+        self.steps.get(&key(id)).map(val_to_json)
+    }
+
+    /// `{"event", "steps", "run", "item", "index"}`.
     pub fn val(&self) -> Val {
         let mut m = jaq_json::Map::default();
         m.insert(key("event"), self.event.clone());
         m.insert(key("steps"), Val::obj(self.steps.clone()));
         m.insert(key("run"), self.run.clone());
-        m.insert(key("item"), Val::Null);
+        m.insert(key("item"), self.item.clone());
+        m.insert(key("index"), self.index.clone());
         Val::obj(m)
     }
 }

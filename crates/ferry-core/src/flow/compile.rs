@@ -828,7 +828,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -892,7 +892,7 @@ extra: 1
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
@@ -1031,7 +1031,7 @@ steps:
         f.yaml:11:37: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         f.yaml:12:29: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
         f.yaml:13:43: error: reference to unknown step `later`
           hint: step `later` runs later; a step can only read the results of steps before it
         f.yaml:15:13: error: the short form of a switch needs `if` and `then`
@@ -1050,6 +1050,41 @@ steps:
           hint: set it on the steps inside, or remove it
         f.yaml:29:9: error: duplicate step id `route`
           hint: first used at line 4; step ids must be unique
+        ");
+    }
+
+    #[test]
+    fn foreach_settings_are_checked() {
+        let flow = "\
+id: f
+trigger: manual
+steps:
+  - id: a
+    foreach: { items: 5, steps: [ { id: a1, map: 1 } ] }
+  - id: b
+    foreach: { items: '{{ .event.body.x }}', concurrency: 0, max_items: 2000000, steps: [ { id: b1, map: 1 } ] }
+  - id: c
+    foreach: { items: [1, 2], on_item_error: sometimes, steps: [ { id: c1, map: '{{ .item }}' } ] }
+  - id: d
+    foreach: { items: [1], on_item_error: { tolerate: 120% }, steps: [] }
+  - id: e
+    foreach: { items: '{{ .event.body.x }}', on_item_error: { tolerate: 10% }, output: '{{ .steps.e1 }}', steps: [ { id: e1, map: '{{ .index }}' } ] }
+  - id: g
+    map: '{{ .steps.e }}'
+";
+        insta::assert_snapshot!(errors(flow), @r"
+        f.yaml:5:23: error: `items` must be a list, or a template yielding one; found an integer
+          hint: e.g. `items: '{{ .event.body.lines }}'`
+        f.yaml:7:59: error: `concurrency` must be from 1 to 1000, found 0
+          hint: remove it for the default (8)
+        f.yaml:7:73: error: `max_items` must be from 1 to 1000000, found 2000000
+          hint: remove it for the default (10000)
+        f.yaml:9:46: error: `on_item_error` is `fail`, `continue`, or `{ tolerate: N }` / `{ tolerate: 10% }`
+          hint: `fail` (the default) fails the loop at the first failed item
+        f.yaml:11:43: error: `on_item_error` is `fail`, `continue`, or `{ tolerate: N }` / `{ tolerate: 10% }`
+          hint: `fail` (the default) fails the loop at the first failed item
+        f.yaml:11:70: error: a foreach needs at least one step
+          hint: add the steps each item runs under `steps:`
         ");
     }
 

@@ -68,6 +68,29 @@ pub const CONTROLS: &[ControlDef] = &[
         },
     },
     ControlDef {
+        kind: "foreach",
+        summary: "run steps once per item of a list, a few items at a time; the results in input order",
+        schema: |step| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["items", "steps"],
+                "properties": {
+                    "items": {"type": ["string", "array"], "description": "A template yielding a list (or a literal list)."},
+                    "steps": {"type": "array", "minItems": 1, "items": step},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY, "description": "Items in flight at once (default 8)."},
+                    "max_items": {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS_LIMIT, "description": "More items than this fail the step (default 10000)."},
+                    "on_item_error": {"anyOf": [
+                        {"enum": ["fail", "continue"]},
+                        {"type": "object", "additionalProperties": false, "required": ["tolerate"],
+                         "properties": {"tolerate": {"type": ["integer", "string"], "description": "How many failed items (`3`) or what share (`10%`) the loop tolerates."}}}
+                    ]},
+                    "output": {"description": "What each item contributes to the loop's result (a template over the item's context); default: its last step's result."},
+                }
+            })
+        },
+    },
+    ControlDef {
         kind: "delay",
         summary: "sleep (durably, in the queue) for a duration or until a time",
         schema: |_| {
@@ -82,7 +105,55 @@ pub const CONTROLS: &[ControlDef] = &[
 
 pub enum Control {
     Switch(Switch),
+    Foreach(Foreach),
     Delay(Delay),
+}
+
+/// Items in flight at once, by default and at most.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const MAX_CONCURRENCY: usize = 1000;
+/// Items a loop takes, by default and at most.
+pub const DEFAULT_MAX_ITEMS: usize = 10_000;
+pub const MAX_ITEMS_LIMIT: usize = 1_000_000;
+
+pub struct Foreach {
+    pub items: Items,
+    pub steps: Vec<CompiledStep>,
+    pub concurrency: usize,
+    pub max_items: usize,
+    pub on_item_error: ItemErrors,
+    /// What each item contributes; `None`: its last step's result.
+    pub output: Option<crate::expr::Template>,
+}
+
+pub enum Items {
+    Expr(Expr),
+    List(Vec<serde_json::Value>),
+}
+
+/// What failed items do to a `foreach`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ItemErrors {
+    /// The first failure fails the loop (the items in flight finish; no new one starts).
+    Fail,
+    /// Every item runs; a failed item's result is `{"error": …}`.
+    Continue,
+    /// Like `Continue` while at most this many items failed.
+    Tolerate(usize),
+    /// Like `Continue` while at most this share (0–100 %) of the items failed.
+    TolerateShare(f64),
+}
+
+impl ItemErrors {
+    /// True when `failed` of `total` items is more than the loop accepts.
+    pub fn too_many(self, failed: usize, total: usize) -> bool {
+        match self {
+            ItemErrors::Fail => failed > 0,
+            ItemErrors::Continue => false,
+            ItemErrors::Tolerate(n) => failed > n,
+            ItemErrors::TolerateShare(p) => failed as f64 > total as f64 * p / 100.0,
+        }
+    }
 }
 
 /// The arms of a `switch`, in order; the `default` arm last (empty when not written).
@@ -154,6 +225,7 @@ impl Control {
                 .map(|c| c.steps.as_slice())
                 .chain([s.default.as_slice()])
                 .collect(),
+            Control::Foreach(f) => vec![f.steps.as_slice()],
             Control::Delay(_) => Vec::new(),
         }
     }
@@ -172,6 +244,7 @@ pub(crate) fn compile(
 ) -> Option<(&'static str, Control)> {
     match kind {
         "switch" => compile_switch(id, node, cx).map(|s| ("switch", Control::Switch(s))),
+        "foreach" => compile_foreach(node, cx).map(|f| ("foreach", Control::Foreach(f))),
         "delay" => compile_delay(node, cx).map(|d| ("delay", Control::Delay(d))),
         other => unreachable!("not a control kind: {other}"),
     }
@@ -329,6 +402,141 @@ fn arm_block(steps: &Spanned<Vec<Node>>, cx: &mut CompileCx) -> Option<Vec<Compi
     let before = cx.diags.len();
     let block = compile_block(&steps.value, cx);
     (cx.diags.len() == before).then_some(block)
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ForeachConfig {
+    items: Node,
+    steps: Spanned<Vec<Node>>,
+    #[serde(default)]
+    concurrency: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_items: Option<Spanned<i64>>,
+    #[serde(default)]
+    on_item_error: Option<Node>,
+    #[serde(default)]
+    output: Option<Node>,
+}
+
+fn compile_foreach(node: &Node, cx: &mut CompileCx) -> Option<Foreach> {
+    let c: ForeachConfig = cx.parse(node)?;
+    let mut ok = true;
+    let items = match &c.items.value {
+        Value::Seq(_) => match c.items.to_json() {
+            serde_json::Value::Array(a) => Some(Items::List(a)),
+            _ => None,
+        },
+        Value::Str(s) if s.contains("{{") => cx
+            .expr(&Spanned {
+                value: s.clone(),
+                pos: c.items.pos,
+            })
+            .map(Items::Expr),
+        _ => {
+            cx.error(
+                c.items.pos,
+                format!(
+                    "`items` must be a list, or a template yielding one; found {}",
+                    c.items.kind_name()
+                ),
+                Some("e.g. `items: '{{ .event.body.lines }}'`".into()),
+            );
+            None
+        }
+    };
+    let mut bounded =
+        |v: &Option<Spanned<i64>>, name: &str, default: usize, max: usize, cx: &mut CompileCx| {
+            match v {
+                None => default,
+                Some(n) if n.value >= 1 && n.value as u64 <= max as u64 => n.value as usize,
+                Some(n) => {
+                    cx.error(
+                        n.pos,
+                        format!("`{name}` must be from 1 to {max}, found {}", n.value),
+                        Some(format!("remove it for the default ({default})")),
+                    );
+                    ok = false;
+                    default
+                }
+            }
+        };
+    let concurrency = bounded(
+        &c.concurrency,
+        "concurrency",
+        DEFAULT_CONCURRENCY,
+        MAX_CONCURRENCY,
+        cx,
+    );
+    let max_items = bounded(
+        &c.max_items,
+        "max_items",
+        DEFAULT_MAX_ITEMS,
+        MAX_ITEMS_LIMIT,
+        cx,
+    );
+    let on_item_error = match &c.on_item_error {
+        None => ItemErrors::Fail,
+        Some(n) => match item_errors(n) {
+            Some(p) => p,
+            None => {
+                cx.error(
+                    n.pos,
+                    "`on_item_error` is `fail`, `continue`, or `{ tolerate: N }` / `{ tolerate: 10% }`",
+                    Some("`fail` (the default) fails the loop at the first failed item".into()),
+                );
+                ok = false;
+                ItemErrors::Fail
+            }
+        },
+    };
+    if c.steps.value.is_empty() {
+        cx.error(
+            c.steps.pos,
+            "a foreach needs at least one step",
+            Some("add the steps each item runs under `steps:`".into()),
+        );
+        return None;
+    }
+    let saved = cx.steps_before.clone();
+    let before = cx.diags.len();
+    let steps = compile_block(&c.steps.value, cx);
+    let output = match &c.output {
+        Some(t) => cx.template(t),
+        None => None,
+    };
+    cx.steps_before = saved;
+    if cx.diags.len() > before || !ok {
+        return None;
+    }
+    Some(Foreach {
+        items: items?,
+        steps,
+        concurrency,
+        max_items,
+        on_item_error,
+        output,
+    })
+}
+
+fn item_errors(n: &Node) -> Option<ItemErrors> {
+    match &n.value {
+        Value::Str(s) if s == "fail" => Some(ItemErrors::Fail),
+        Value::Str(s) if s == "continue" => Some(ItemErrors::Continue),
+        Value::Map(entries) if entries.len() == 1 && entries[0].0.name == "tolerate" => {
+            match &entries[0].1.value {
+                Value::Int(i) if *i >= 0 => Some(ItemErrors::Tolerate(*i as usize)),
+                Value::Str(s) => {
+                    let p: f64 = s.trim().strip_suffix('%')?.trim().parse().ok()?;
+                    (0.0..=100.0)
+                        .contains(&p)
+                        .then_some(ItemErrors::TolerateShare(p))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 #[derive(Deserialize, JsonSchema)]

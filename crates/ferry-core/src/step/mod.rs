@@ -218,6 +218,9 @@ pub enum ErrorKind {
     /// The peer answered with a protocol-level fault (a SOAP Fault): retried when the peer
     /// says the fault is its own (`Server`/`Receiver`), not when it blames the request.
     Fault { retryable: bool },
+    /// Items of a `foreach` failed, more than it tolerates: retryable when one of them ran
+    /// out of attempts on a failure that could pass later (the run is then dead).
+    Items { retryable: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +257,7 @@ impl StepError {
             }
             ErrorKind::Network | ErrorKind::Timeout => true,
             ErrorKind::BadResponse | ErrorKind::Expression | ErrorKind::Config => false,
-            ErrorKind::Fault { retryable } => retryable,
+            ErrorKind::Fault { retryable } | ErrorKind::Items { retryable } => retryable,
         }
     }
 
@@ -276,6 +279,7 @@ impl StepError {
             ErrorKind::Expression => "expression",
             ErrorKind::Config => "config",
             ErrorKind::Fault { .. } => "fault",
+            ErrorKind::Items { .. } => "items",
         }
     }
 }

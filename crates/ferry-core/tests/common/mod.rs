@@ -4,34 +4,53 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 
-/// A loopback server: answers each path with the statuses scripted for it, in order, then 200.
+/// A loopback server: answers each path with the statuses scripted for it, in order, then 200,
+/// echoing a JSON request body (else `{"ok": true}`). Records every call.
 #[derive(Clone, Default)]
 pub struct Upstream {
     script: Arc<Mutex<HashMap<String, VecDeque<u16>>>>,
     calls: Arc<Mutex<Vec<String>>>,
+    /// Every call: its path and `Idempotency-Key`.
+    keys: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Upstream {
     pub async fn start() -> (Upstream, String) {
         let up = Upstream::default();
         let state = up.clone();
-        let app = axum::Router::new().fallback(move |uri: Uri| {
-            let state = state.clone();
-            async move {
-                let path = uri.path().to_owned();
-                state.calls.lock().unwrap().push(path.clone());
-                let status = state
-                    .script
-                    .lock()
-                    .unwrap()
-                    .get_mut(&path)
-                    .and_then(VecDeque::pop_front)
-                    .unwrap_or(200);
-                (StatusCode::from_u16(status).unwrap(), "{\"ok\":true}")
-            }
-        });
+        let app =
+            axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_owned();
+                    state.calls.lock().unwrap().push(path.clone());
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    state.keys.lock().unwrap().push((path.clone(), key));
+                    let status = state
+                        .script
+                        .lock()
+                        .unwrap()
+                        .get_mut(&path)
+                        .and_then(VecDeque::pop_front)
+                        .unwrap_or(200);
+                    let answer = if body.trim_start().starts_with('{') {
+                        body
+                    } else {
+                        "{\"ok\":true}".to_owned()
+                    };
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        [("content-type", "application/json")],
+                        answer,
+                    )
+                }
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -45,6 +64,16 @@ impl Upstream {
             .entry(path.to_owned())
             .or_default()
             .extend(statuses);
+    }
+
+    /// The `Idempotency-Key` of every call, in order.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.keys.lock().unwrap().clone()
+    }
+
+    /// How many calls were made, to any path.
+    pub fn total(&self) -> usize {
+        self.calls.lock().unwrap().len()
     }
 
     pub fn calls(&self, path: &str) -> usize {
