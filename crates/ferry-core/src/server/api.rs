@@ -227,7 +227,8 @@ pub(crate) fn summary_json(s: &RunSummary) -> Value {
 
 fn step_json(r: &StepRow) -> Value {
     let mut o = json!({
-        "id": r.path,
+        "id": crate::engine::StepPath::step_id(&r.path),
+        "path": r.path,
         "status": r.status,
         "attempts": r.attempts,
         "started_at": rfc3339(r.started_at_ms),

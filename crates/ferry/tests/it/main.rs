@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod control;
 mod crash;
 mod examples;
 mod graphql;
