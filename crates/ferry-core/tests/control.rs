@@ -547,3 +547,166 @@ async fn items_that_are_not_a_list_or_too_many_fail_the_step_precisely() {
     assert_eq!(up.total(), 0, "no item ran");
     h.stop().await;
 }
+
+fn fan_out(join: &str) -> String {
+    format!(
+        "
+  - id: notify
+    parallel:
+      join: {join}
+      branches:
+        crm:
+          - id: upsert
+            http: {{ connection: api, method: POST, path: /crm }}
+        mailer:
+          - id: mail
+            http: {{ connection: api, method: POST, path: /mailer }}
+  - id: after
+    map: {{ crm: '{{{{ .steps.upsert.status }}}}', mail: '{{{{ .steps.mail.status }}}}' }}
+"
+    )
+}
+
+#[tokio::test]
+async fn parallel_joins_all_settled_or_any() {
+    let (up, url) = Upstream::start().await;
+    let dir = project(&[
+        (
+            "connections/api.yaml",
+            format!("id: api\nbase_url: '{url}'\nretry: {{ attempts: 1 }}\n"),
+        ),
+        (
+            "flows/all.yaml",
+            format!("id: all\ntrigger: manual\nsteps:{}", fan_out("all")),
+        ),
+        (
+            "flows/settled.yaml",
+            format!("id: settled\ntrigger: manual\nsteps:{}", fan_out("settled")),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+
+    let id = h.start("all", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let out = step(&run, "notify").output.clone().unwrap();
+    assert_eq!(
+        (
+            out["crm"]["status"].clone(),
+            out["mailer"]["status"].clone()
+        ),
+        (json!(200), json!(200))
+    );
+    assert_eq!(
+        step(&run, "after").output,
+        Some(json!({"crm": 200, "mail": 200}))
+    );
+    assert_eq!(
+        step(&run, "notify/crm/upsert").status,
+        StepStatus::Succeeded
+    );
+
+    // `all`: one failure fails the step, once the other branch has run.
+    up.script("/mailer", &[422, 422]);
+    let id = h.start("all", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+    let error = run.summary.error.clone().unwrap();
+    assert_eq!(
+        (error["step"].clone(), error["kind"].clone()),
+        (json!("notify"), json!("branches"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("branch `mailer`: "),
+        "{error}"
+    );
+    assert_eq!(up.calls("/crm"), 2, "the other branch ran");
+
+    // `settled`: every outcome collected; the step succeeds.
+    let id = h.start("settled", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let out = step(&run, "notify").output.clone().unwrap();
+    assert_eq!(out["crm"]["status"], "succeeded");
+    assert_eq!(out["mailer"]["status"], "failed");
+    assert_eq!(out["mailer"]["error"]["status"], 422);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn parallel_any_takes_the_first_success_and_a_cancelled_delay_never_fires() {
+    let (up, url) = Upstream::start().await;
+    let steps = "
+  - id: race
+    parallel:
+      join: any
+      branches:
+        slow:
+          - id: nap
+            delay: 1h
+          - id: late
+            http: { connection: api, method: POST, path: /slow }
+        fast:
+          - id: quick
+            http: { connection: api, method: POST, path: /fast }
+  - id: done
+    http: { connection: api, method: POST, path: /done }
+";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let out = step(&run, "race").output.clone().unwrap();
+    assert_eq!(
+        out.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["fast"]
+    );
+    h.advance(2 * HOUR).await;
+    assert_eq!(
+        (up.calls("/fast"), up.calls("/slow"), up.calls("/done")),
+        (1, 0, 1),
+        "the cancelled branch's delay fired"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_parallel_runs_only_the_unfinished_branch() {
+    let (up, url) = Upstream::start().await;
+    up.script("/crm", &[503]);
+    let dir = project(&[
+        (
+            "connections/api.yaml",
+            format!(
+                "id: api\nbase_url: '{url}'\nretry: {{ attempts: 2, initial: 1h, backoff: fixed }}\n"
+            ),
+        ),
+        (
+            "flows/f.yaml",
+            format!("id: f\ntrigger: manual\nsteps:{}", fan_out("all")),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    assert_eq!(step(&run, "notify/crm/upsert").status, StepStatus::Retrying);
+    h.advance(HOUR).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!((up.calls("/crm"), up.calls("/mailer")), (2, 1));
+    assert_eq!(
+        step(&run, "after").output,
+        Some(json!({"crm": 200, "mail": 200}))
+    );
+    h.stop().await;
+}

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde_json::{Value as Json, json};
 
 use super::Engine;
-use crate::flow::control::{Arm, Control, Delay, Foreach, Items, Switch};
+use crate::flow::control::{Arm, Control, Delay, Foreach, Items, Join, Parallel, Switch};
 use crate::flow::model::OnError;
 use crate::flow::{Action, CompiledStep, Flow};
 use crate::step::{ErrorKind, Outcome, StepCx, StepError, StepOutput};
@@ -164,6 +164,9 @@ enum Prior {
     Retrying(u32),
     /// A `delay` not over yet.
     Waiting(StepRow),
+    /// Failed for good with `on_error: fail`, inside a loop item or a branch that ended
+    /// failed while the run went on: that item or branch fails again without running.
+    Failed(Json),
 }
 
 /// One run while it executes: its id, its expression context, what its stored rows say,
@@ -188,6 +191,9 @@ impl RunCx {
         let mut cx = RunCx::new(RunId::new(run.id.clone()), outputs, redaction);
         for row in &run.steps {
             let prior = match row.status {
+                StepStatus::Failed if row.output.is_none() => {
+                    Prior::Failed(row.error.clone().unwrap_or(Json::Null))
+                }
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed => {
                     let output = row.output.as_ref().unwrap_or(&Json::Null);
                     let nested = row.path.contains('/');
@@ -273,8 +279,8 @@ enum Until {
 
 /// How one `foreach` item ended, with its rows not yet committed.
 enum ItemEnd {
-    /// Its steps are done; its result.
-    Done(Json, Vec<StepRow>),
+    /// Its steps are done; its result, and (for a branch) its steps' results by id.
+    Done(Json, Vec<StepRow>, Vec<(String, Json)>),
     /// A retry or a delay inside it is due then.
     Waiting(i64, Vec<StepRow>),
     /// A step failed for good: what the run would have become, and the error.
@@ -432,8 +438,20 @@ impl Engine {
                                 None => Pass::Done,
                             }
                         }
+                        Action::Control(Control::Parallel(par)) => {
+                            adopt_branches(cx, par, &path);
+                            Pass::Done
+                        }
                         _ => Pass::Done,
                     }
+                }
+                Some(Prior::Failed(error)) => {
+                    let mut error = error.clone();
+                    error["step"] = Json::String(step.id.clone());
+                    Pass::Stop(Outcome::Finish {
+                        status: RunStatus::Failed,
+                        error: Some(error),
+                    })
                 }
                 _ => {
                     if until == Until::FirstCall
@@ -536,6 +554,9 @@ impl Engine {
             Action::Control(Control::Foreach(each)) => {
                 self.foreach(cx, step, path, each, started, ctx, last).await
             }
+            Action::Control(Control::Parallel(par)) => {
+                self.parallel(cx, step, path, par, started, last).await
+            }
             Action::Control(Control::Delay(delay)) => {
                 self.delay(cx, step, path, delay, started, ctx, last).await
             }
@@ -631,7 +652,10 @@ impl Engine {
                 let item_path = format!("{}/{index}", path.as_str());
                 async move {
                     match run {
-                        Some(icx) => self.run_item(icx, each, item_path).await,
+                        Some(icx) => {
+                            self.run_item(icx, &each.steps, each.output.as_ref(), item_path, false)
+                                .await
+                        }
                         None => Ok(ItemEnd::NotRun),
                     }
                 }
@@ -645,7 +669,7 @@ impl Engine {
         while let Some(end) = ends.next().await {
             let index = results.len();
             let (result, item_rows) = match end? {
-                ItemEnd::Done(value, item_rows) => (value, item_rows),
+                ItemEnd::Done(value, item_rows, _) => (value, item_rows),
                 ItemEnd::Waiting(at, item_rows) => {
                     wake_at = Some(wake_at.map_or(at, |w: i64| w.min(at)));
                     (Json::Null, item_rows)
@@ -705,6 +729,129 @@ impl Engine {
             .await
     }
 
+    /// A `parallel`: its branches at the same time, each at `PAR/BRANCH/ID` in a `RunCx` of
+    /// its own, joined as `join` says. With `any`, the first success wins and the other
+    /// branches' futures are dropped: whatever they had not stored is gone, and what they
+    /// had stored (a waiting delay) is never walked into again.
+    async fn parallel(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        par: &Parallel,
+        started: i64,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        use futures::StreamExt;
+
+        if cx.decided {
+            let rows = std::mem::take(&mut cx.pending);
+            self.commit(cx, rows, RunUpdate::Continue).await?;
+            cx.decided = false;
+        }
+        let mut running = futures::stream::FuturesUnordered::new();
+        for (i, (name, steps)) in par.branches.iter().enumerate() {
+            let prefix = path.arm(name);
+            let mut icx = RunCx::new(cx.run_id.clone(), cx.outputs.clone(), cx.redaction.clone());
+            let inner = format!("{prefix}/");
+            let keys: Vec<String> = cx
+                .prior
+                .keys()
+                .filter(|k| k.starts_with(&inner))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(p) = cx.prior.remove(&k) {
+                    icx.prior.insert(k, p);
+                }
+            }
+            let run = self.run_item(icx, steps, None, prefix, true);
+            running.push(async move { (i, run.await) });
+        }
+        let mut ends: Vec<Option<ItemEnd>> = par.branches.iter().map(|_| None).collect();
+        let mut winner = None;
+        while let Some((i, end)) = running.next().await {
+            let end = end?;
+            let won = matches!(end, ItemEnd::Done(..)) && par.join == Join::Any;
+            ends[i] = Some(end);
+            if won {
+                winner = Some(i);
+                break;
+            }
+        }
+        // With `any`, the branches still going are cancelled here.
+        drop(running);
+
+        let mut out = serde_json::Map::new();
+        let mut failed: Vec<(String, RunStatus, Json)> = Vec::new();
+        let mut wake_at: Option<i64> = None;
+        for (i, end) in ends.into_iter().enumerate() {
+            let name = &par.branches[i].0;
+            match end {
+                Some(ItemEnd::Done(value, rows, outputs)) => {
+                    cx.pending.extend(rows);
+                    for (id, v) in outputs {
+                        cx.outputs.set_step(&id, &v);
+                    }
+                    if par.join == Join::Settled {
+                        out.insert(
+                            name.clone(),
+                            json!({"status": "succeeded", "output": value}),
+                        );
+                    } else if par.join == Join::All || winner == Some(i) {
+                        out.insert(name.clone(), value);
+                    }
+                }
+                Some(ItemEnd::Waiting(at, rows)) => {
+                    cx.pending.extend(rows);
+                    wake_at = Some(wake_at.map_or(at, |w: i64| w.min(at)));
+                }
+                Some(ItemEnd::Failed(status, error, rows)) => {
+                    cx.pending.extend(rows);
+                    if par.join == Join::Settled {
+                        out.insert(
+                            name.clone(),
+                            json!({"status": "failed", "error": error.clone()}),
+                        );
+                    }
+                    failed.push((name.clone(), status, error));
+                }
+                Some(ItemEnd::NotRun) | None => {}
+            }
+        }
+        if winner.is_none() {
+            if let Some(at_ms) = wake_at {
+                return Ok(Pass::Stop(Outcome::WaitUntil { at_ms }));
+            }
+            let give_up = match par.join {
+                Join::All => !failed.is_empty(),
+                Join::Settled => false,
+                Join::Any => true,
+            };
+            if give_up {
+                let dead = failed.iter().any(|(_, s, _)| *s == RunStatus::Dead);
+                let list: Vec<String> = failed
+                    .iter()
+                    .map(|(n, _, e)| {
+                        format!("`{n}`: {}", e["message"].as_str().unwrap_or("(no message)"))
+                    })
+                    .collect();
+                let message = match par.join {
+                    Join::Any => format!("every branch failed: {}", list.join("; ")),
+                    _ => format!("branch {}", list.join("; branch ")),
+                };
+                let e = StepError::new(ErrorKind::Branches { retryable: dead }, message);
+                return self.outcome(cx, step, path, 1, started, Err(e), last).await;
+            }
+        }
+        let out = StepOutput {
+            value: Json::Object(out),
+            ..Default::default()
+        };
+        self.outcome(cx, step, path, 1, started, Ok(out), last)
+            .await
+    }
+
     /// The list a `foreach` goes over, checked against its limit.
     async fn foreach_items(
         &self,
@@ -743,12 +890,14 @@ impl Engine {
     fn run_item<'a>(
         &'a self,
         mut icx: RunCx,
-        each: &'a Foreach,
+        steps: &'a [CompiledStep],
+        output: Option<&'a crate::expr::Template>,
         item_path: String,
+        adopt: bool,
     ) -> futures::future::BoxFuture<'a, Result<ItemEnd, crate::store::StoreError>> {
         Box::pin(async move {
             let pass = self
-                .run_block(&mut icx, &each.steps, Some(&item_path), false, Until::End)
+                .run_block(&mut icx, steps, Some(&item_path), false, Until::End)
                 .await?;
             let rows = std::mem::take(&mut icx.pending);
             Ok(match pass {
@@ -759,7 +908,7 @@ impl Engine {
                     status: RunStatus::Succeeded,
                     ..
                 }) => {
-                    let value = match &each.output {
+                    let value = match output {
                         Some(t) => {
                             let ctx = icx.outputs.val();
                             match t.render(&ctx) {
@@ -770,13 +919,20 @@ impl Engine {
                                 }
                             }
                         }
-                        None => each
-                            .steps
+                        None => steps
                             .last()
                             .and_then(|s| icx.outputs.step(&s.id))
                             .unwrap_or(Json::Null),
                     };
-                    ItemEnd::Done(value, rows)
+                    let outputs = if adopt {
+                        steps
+                            .iter()
+                            .filter_map(|s| icx.outputs.step(&s.id).map(|v| (s.id.clone(), v)))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    ItemEnd::Done(value, rows, outputs)
                 }
                 Pass::Stop(Outcome::RetryAt { at_ms } | Outcome::WaitUntil { at_ms }) => {
                     ItemEnd::Waiting(at_ms, rows)
@@ -784,7 +940,7 @@ impl Engine {
                 Pass::Stop(Outcome::Finish { status, error }) => {
                     ItemEnd::Failed(status, error.unwrap_or(Json::Null), rows)
                 }
-                Pass::Stop(Outcome::Continue) => ItemEnd::Done(Json::Null, rows),
+                Pass::Stop(Outcome::Continue) => ItemEnd::Done(Json::Null, rows, Vec::new()),
             })
         })
     }
@@ -1212,5 +1368,23 @@ fn short(v: &Json) -> String {
     match text.char_indices().nth(80) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text,
+    }
+}
+
+/// A resumed run past a `parallel`: `.steps.ID` of its branches' top steps, as stored (as a
+/// `switch`'s steps are readable after it).
+fn adopt_branches(cx: &mut RunCx, par: &Parallel, path: &StepPath) {
+    for (name, steps) in &par.branches {
+        for s in steps {
+            let p = format!("{}/{name}/{}", path.as_str(), s.id);
+            if let Some(Prior::Done {
+                output: Some(output),
+                ..
+            }) = cx.prior.get(&p)
+            {
+                let output = output.clone();
+                cx.outputs.set_step(&s.id, &output);
+            }
+        }
     }
 }

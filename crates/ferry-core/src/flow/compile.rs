@@ -828,7 +828,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -892,7 +892,7 @@ extra: 1
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
@@ -1027,11 +1027,11 @@ steps:
         f.yaml:9:17: error: this case can never run: its `when` is always false
           hint: remove the case, or write the condition it stands for
         f.yaml:10:45: error: reference to unknown step `a`
-          hint: step `a` is in another arm of a switch, which never runs with this one
+          hint: step `a` is in another arm of a switch or branch of a parallel, which this one cannot read
         f.yaml:11:37: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         f.yaml:12:29: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
         f.yaml:13:43: error: reference to unknown step `later`
           hint: step `later` runs later; a step can only read the results of steps before it
         f.yaml:15:13: error: the short form of a switch needs `if` and `then`
@@ -1085,6 +1085,39 @@ steps:
           hint: `fail` (the default) fails the loop at the first failed item
         f.yaml:11:70: error: a foreach needs at least one step
           hint: add the steps each item runs under `steps:`
+        ");
+    }
+
+    #[test]
+    fn parallel_settings_are_checked() {
+        let flow = "\
+id: f
+trigger: manual
+steps:
+  - id: a
+    parallel: { branches: [ { id: x, map: 1 } ] }
+  - id: b
+    parallel: { branches: {}, join: all }
+  - id: c
+    parallel: { join: first, branches: { one: [ { id: c1, map: 1 } ] } }
+  - id: d
+    parallel: { branches: { 'no/slash': [ { id: d1, map: 1 } ], empty: [], two: [ { id: d2, map: '{{ .steps.d1 }}' } ] } }
+  - id: e
+    parallel: { join: race, branches: { one: [ { id: e1, map: '{{ .steps.a }}' } ] } }
+";
+        insta::assert_snapshot!(errors(flow), @r"
+        f.yaml:5:27: error: `branches` maps branch names to steps, found a list
+          hint: e.g. `branches: { crm: [ … ], mailer: [ … ] }`
+        f.yaml:7:27: error: `branches` is empty
+          hint: add a branch: `branches: { crm: [ … ] }`
+        f.yaml:9:23: error: unknown value `first`
+          hint: expected one of: all, settled, any, race
+        f.yaml:11:29: error: invalid branch name `no/slash`
+          hint: use letters, digits, `-` and `_`
+        f.yaml:11:72: error: branch `empty` has no steps
+          hint: add a step, or remove the branch
+        f.yaml:11:109: error: reference to unknown step `d1`
+          hint: step `d1` runs later; a step can only read the results of steps before it
         ");
     }
 

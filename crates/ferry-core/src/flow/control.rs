@@ -91,6 +91,22 @@ pub const CONTROLS: &[ControlDef] = &[
         },
     },
     ControlDef {
+        kind: "parallel",
+        summary: "run named branches of steps at the same time; join when all, the settled or the first one end",
+        schema: |step| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["branches"],
+                "properties": {
+                    "branches": {"type": "object", "minProperties": 1, "description": "Branch name -> its steps.",
+                                 "additionalProperties": {"type": "array", "minItems": 1, "items": step}},
+                    "join": {"enum": ["all", "settled", "any", "race"], "description": "`all` (default): every branch must succeed; `settled`: collect every outcome; `any` (or `race`): the first success wins, the others are cancelled."},
+                }
+            })
+        },
+    },
+    ControlDef {
         kind: "delay",
         summary: "sleep (durably, in the queue) for a duration or until a time",
         schema: |_| {
@@ -106,7 +122,26 @@ pub const CONTROLS: &[ControlDef] = &[
 pub enum Control {
     Switch(Switch),
     Foreach(Foreach),
+    Parallel(Parallel),
     Delay(Delay),
+}
+
+/// Named branches, in the order written.
+pub struct Parallel {
+    pub branches: Vec<(String, Vec<CompiledStep>)>,
+    pub join: Join,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Join {
+    /// Every branch must succeed; a failure fails the step once the others have settled.
+    All,
+    /// Every branch runs to its end; each one's outcome is collected.
+    Settled,
+    /// The first branch to succeed wins; the others are cancelled.
+    #[serde(alias = "race")]
+    Any,
 }
 
 /// Items in flight at once, by default and at most.
@@ -226,6 +261,7 @@ impl Control {
                 .chain([s.default.as_slice()])
                 .collect(),
             Control::Foreach(f) => vec![f.steps.as_slice()],
+            Control::Parallel(p) => p.branches.iter().map(|(_, b)| b.as_slice()).collect(),
             Control::Delay(_) => Vec::new(),
         }
     }
@@ -245,6 +281,7 @@ pub(crate) fn compile(
     match kind {
         "switch" => compile_switch(id, node, cx).map(|s| ("switch", Control::Switch(s))),
         "foreach" => compile_foreach(node, cx).map(|f| ("foreach", Control::Foreach(f))),
+        "parallel" => compile_parallel(node, cx).map(|p| ("parallel", Control::Parallel(p))),
         "delay" => compile_delay(node, cx).map(|d| ("delay", Control::Delay(d))),
         other => unreachable!("not a control kind: {other}"),
     }
@@ -537,6 +574,84 @@ fn item_errors(n: &Node) -> Option<ItemErrors> {
         }
         _ => None,
     }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ParallelConfig {
+    branches: Node,
+    #[serde(default)]
+    join: Option<Join>,
+}
+
+fn compile_parallel(node: &Node, cx: &mut CompileCx) -> Option<Parallel> {
+    let c: ParallelConfig = cx.parse(node)?;
+    let Value::Map(entries) = &c.branches.value else {
+        cx.error(
+            c.branches.pos,
+            format!(
+                "`branches` maps branch names to steps, found {}",
+                c.branches.kind_name()
+            ),
+            Some("e.g. `branches: { crm: [ … ], mailer: [ … ] }`".into()),
+        );
+        return None;
+    };
+    if entries.is_empty() {
+        cx.error(
+            c.branches.pos,
+            "`branches` is empty",
+            Some("add a branch: `branches: { crm: [ … ] }`".into()),
+        );
+        return None;
+    }
+    let saved = cx.steps_before.clone();
+    let before = cx.diags.len();
+    let mut branches = Vec::new();
+    for (name, steps) in entries {
+        let valid = !name.name.is_empty()
+            && name.name.len() <= 64
+            && name
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            cx.error(
+                name.pos,
+                format!("invalid branch name `{}`", name.name),
+                Some("use letters, digits, `-` and `_`".into()),
+            );
+            continue;
+        }
+        let Value::Seq(list) = &steps.value else {
+            cx.error(
+                steps.pos,
+                format!(
+                    "branch `{}` is a list of steps, found {}",
+                    name.name,
+                    steps.kind_name()
+                ),
+                Some("e.g. `crm: [ { id: upsert, http: { … } } ]`".into()),
+            );
+            continue;
+        };
+        if list.is_empty() {
+            cx.error(
+                steps.pos,
+                format!("branch `{}` has no steps", name.name),
+                Some("add a step, or remove the branch".into()),
+            );
+            continue;
+        }
+        // A branch reads the steps before the parallel, and the steps before it in itself.
+        cx.steps_before = saved.clone();
+        branches.push((name.name.clone(), compile_block(list, cx)));
+    }
+    cx.steps_before = saved;
+    (cx.diags.len() == before).then_some(Parallel {
+        branches,
+        join: c.join.unwrap_or(Join::All),
+    })
 }
 
 #[derive(Deserialize, JsonSchema)]

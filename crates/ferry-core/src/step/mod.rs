@@ -221,6 +221,8 @@ pub enum ErrorKind {
     /// Items of a `foreach` failed, more than it tolerates: retryable when one of them ran
     /// out of attempts on a failure that could pass later (the run is then dead).
     Items { retryable: bool },
+    /// Branches of a `parallel` failed (as its `join` counts them); retryable as `Items`.
+    Branches { retryable: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +259,9 @@ impl StepError {
             }
             ErrorKind::Network | ErrorKind::Timeout => true,
             ErrorKind::BadResponse | ErrorKind::Expression | ErrorKind::Config => false,
-            ErrorKind::Fault { retryable } | ErrorKind::Items { retryable } => retryable,
+            ErrorKind::Fault { retryable }
+            | ErrorKind::Items { retryable }
+            | ErrorKind::Branches { retryable } => retryable,
         }
     }
 
@@ -280,6 +284,7 @@ impl StepError {
             ErrorKind::Config => "config",
             ErrorKind::Fault { .. } => "fault",
             ErrorKind::Items { .. } => "items",
+            ErrorKind::Branches { .. } => "branches",
         }
     }
 }
@@ -454,7 +459,7 @@ impl CompileCx<'_> {
             let at = self.pos_in_string(pos, text, base + offset);
             let hint = if self.seen.contains_key(&name) {
                 format!(
-                    "step `{name}` is in another arm of a switch, which never runs with this one"
+                    "step `{name}` is in another arm of a switch or branch of a parallel, which this one cannot read"
                 )
             } else if self.all_steps.contains(&name) {
                 format!(
