@@ -710,3 +710,71 @@ async fn a_resumed_parallel_runs_only_the_unfinished_branch() {
     );
     h.stop().await;
 }
+
+const FALLBACK: &str = "
+  - id: charge
+    http: { connection: api, method: POST, path: /charge }
+    on_error:
+      - id: alert
+        http: { connection: api, method: POST, path: /alert, body: { status: '{{ .error.status }}', kind: '{{ .error.kind }}', seen: '{{ .steps.charge.error.status }}' } }
+  - id: next
+    http: { connection: api, method: POST, path: /next }
+";
+
+#[tokio::test]
+async fn fallback_steps_run_with_the_error_and_the_run_goes_on() {
+    let (up, url) = Upstream::start().await;
+    up.script("/charge", &[422, 422]);
+    up.script("/alert", &[503, 422]);
+    let dir = project(&[
+        (
+            "connections/api.yaml",
+            format!(
+                "id: api\nbase_url: '{url}'\nretry: {{ attempts: 2, initial: 1h, backoff: fixed }}\n"
+            ),
+        ),
+        (
+            "flows/f.yaml",
+            format!("id: f\ntrigger: manual\nsteps:{FALLBACK}"),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+
+    // The fallback's own retry (503) waits in the queue like any other; the failed step
+    // is not called again meanwhile.
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    assert_eq!(step(&run, "charge").status, StepStatus::Failed);
+    assert_eq!(
+        step(&run, "charge/on_error/alert").status,
+        StepStatus::Retrying
+    );
+    h.advance(HOUR).await;
+    let run = h.run(&id).await;
+    // The second attempt of the fallback answered 422: the fallback failed, so the run did.
+    assert_eq!(run.summary.status, RunStatus::Failed, "{run:#?}");
+    assert_eq!(run.summary.error.unwrap()["step"], "alert");
+    assert_eq!(
+        (up.calls("/charge"), up.calls("/alert"), up.calls("/next")),
+        (1, 2, 0)
+    );
+
+    // A fallback that succeeds: the run goes on after it.
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let alert = step(&run, "charge/on_error/alert").output.clone().unwrap();
+    assert_eq!(
+        alert["body"],
+        json!({"status": 422, "kind": "http_status", "seen": 422})
+    );
+    assert_eq!(
+        step(&run, "charge").output.as_ref().unwrap()["error"]["status"],
+        422
+    );
+    assert_eq!(up.calls("/next"), 1);
+    h.stop().await;
+}

@@ -159,6 +159,8 @@ enum Prior {
     Done {
         arm: Option<Arm>,
         output: Option<Json>,
+        /// It failed and the run went on (`on_error: continue`, or fallback steps).
+        failed: bool,
     },
     /// The last attempt failed; this many were made.
     Retrying(u32),
@@ -207,6 +209,7 @@ impl RunCx {
                     Prior::Done {
                         arm,
                         output: nested.then(|| output.clone()),
+                        failed: row.status == StepStatus::Failed,
                     }
                 }
                 StepStatus::Retrying => Prior::Retrying(row.attempts),
@@ -243,7 +246,14 @@ impl RunCx {
     /// Records a finished step: its output is `.steps.ID` from now on.
     fn done(&mut self, step: &CompiledStep, path: StepPath, output: &Json, arm: Option<Arm>) {
         self.outputs.set_step(&step.id, output);
-        self.prior.insert(path.0, Prior::Done { arm, output: None });
+        self.prior.insert(
+            path.0,
+            Prior::Done {
+                arm,
+                output: None,
+                failed: false,
+            },
+        );
     }
 }
 
@@ -423,13 +433,17 @@ impl Engine {
             let path = StepPath::of(prefix, &step.id);
             let last = tail && i + 1 == block.len();
             let next = match cx.prior.get(path.as_str()) {
-                Some(Prior::Done { arm, output }) => {
-                    let arm = *arm;
+                Some(Prior::Done {
+                    arm,
+                    output,
+                    failed,
+                }) => {
+                    let (arm, failed) = (*arm, *failed);
                     if let Some(output) = output {
                         let output = output.clone();
                         cx.outputs.set_step(&step.id, &output);
                     }
-                    match &step.action {
+                    let next = match &step.action {
                         // Resume inside the arm it took.
                         Action::Control(Control::Switch(sw)) => {
                             match arm.filter(|a| !matches!(a, Arm::Case(i) if *i >= sw.cases.len()))
@@ -438,11 +452,23 @@ impl Engine {
                                 None => Pass::Done,
                             }
                         }
-                        Action::Control(Control::Parallel(par)) => {
+                        Action::Control(Control::Parallel(par)) if !failed => {
                             adopt_branches(cx, par, &path);
                             Pass::Done
                         }
                         _ => Pass::Done,
+                    };
+                    // A failed step whose fallback steps had started: go on with them.
+                    match (&step.fallback, failed, next) {
+                        (Some(block), true, Pass::Done) => {
+                            let error = cx
+                                .outputs
+                                .step(&step.id)
+                                .map(|o| o["error"].clone())
+                                .unwrap_or(Json::Null);
+                            self.fallback(cx, block, &path, &error, last).await?
+                        }
+                        (_, _, next) => next,
                     }
                 }
                 Some(Prior::Failed(error)) => {
@@ -1166,6 +1192,7 @@ impl Engine {
                     Prior::Done {
                         arm: None,
                         output: None,
+                        failed: false,
                     },
                 );
                 cx.pending.push(row);
@@ -1201,9 +1228,12 @@ impl Engine {
                     OnError::Continue => {
                         let value = json!({ "error": error });
                         r.output = Some(value.clone());
-                        cx.done(step, path, &value, None);
+                        cx.done(step, path.clone(), &value, None);
                         cx.pending.push(r);
-                        self.advance(cx, step, last).await
+                        match &step.fallback {
+                            Some(block) => self.fallback(cx, block, &path, &error, last).await,
+                            None => self.advance(cx, step, last).await,
+                        }
                     }
                     OnError::Fail => {
                         cx.pending.push(r);
@@ -1224,6 +1254,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// `on_error` fallback steps, at `ID/on_error/…`, with `.error` set (boxed: they nest).
+    fn fallback<'a>(
+        &'a self,
+        cx: &'a mut RunCx,
+        block: &'a [CompiledStep],
+        path: &'a StepPath,
+        error: &'a Json,
+        last: bool,
+    ) -> futures::future::BoxFuture<'a, Result<Pass, crate::store::StoreError>> {
+        Box::pin(async move {
+            let prefix = path.arm("on_error");
+            cx.outputs.set_error(Some(error));
+            let pass = self
+                .run_block(cx, block, Some(&prefix), last, Until::End)
+                .await;
+            cx.outputs.set_error(None);
+            match pass? {
+                Pass::Done if last => Ok(Pass::Stop(Outcome::succeed())),
+                other => Ok(other),
+            }
+        })
     }
 
     /// After a step's outcome is recorded in `pending`: end the run (as succeeded) when

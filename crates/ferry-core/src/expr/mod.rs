@@ -512,6 +512,8 @@ pub struct RunContext {
     /// Inside a `foreach` item: the item and its index; else `null`.
     item: Val,
     index: Val,
+    /// In `on_error` fallback steps: the failed step's error; else `null`.
+    error: Val,
 }
 
 fn key(k: &str) -> Val {
@@ -529,6 +531,7 @@ impl RunContext {
             steps: jaq_json::Map::default(),
             item: Val::Null,
             index: Val::Null,
+            error: Val::Null,
         }
     }
 
@@ -540,6 +543,7 @@ impl RunContext {
             steps: jaq_json::Map::default(),
             item: Val::Null,
             index: Val::Null,
+            error: Val::Null,
         }
     }
 
@@ -557,6 +561,11 @@ impl RunContext {
         }
     }
 
+    /// Sets (or clears) `.error`, for fallback steps.
+    pub fn set_error(&mut self, error: Option<&serde_json::Value>) {
+        self.error = error.map_or(Val::Null, json_to_val);
+    }
+
     /// `.steps.<id>` as recorded, if it is.
     pub fn step(&self, id: &str) -> Option<serde_json::Value> {
         self.steps.get(&key(id)).map(val_to_json)
@@ -570,6 +579,9 @@ impl RunContext {
         m.insert(key("run"), self.run.clone());
         m.insert(key("item"), self.item.clone());
         m.insert(key("index"), self.index.clone());
+        if !matches!(self.error, Val::Null) {
+            m.insert(key("error"), self.error.clone());
+        }
         Val::obj(m)
     }
 }

@@ -90,6 +90,9 @@ fn walk_into<'a>(steps: &'a [CompiledStep], out: &mut Vec<&'a CompiledStep>) {
                 walk_into(block, out);
             }
         }
+        if let Some(f) = &s.fallback {
+            walk_into(f, out);
+        }
     }
 }
 
@@ -118,6 +121,8 @@ pub struct CompiledStep {
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub on_error: OnError,
+    /// `on_error:` as a list: the steps run when this one fails for good (at `ID/on_error/…`).
+    pub fallback: Option<Vec<CompiledStep>>,
     pub action: Action,
 }
 
@@ -531,7 +536,7 @@ fn collect_ids(step: &Node, ids: &mut Vec<String>) {
         }
     }
     for (k, v) in entries {
-        if crate::flow::control::is_control(&k.name) {
+        if crate::flow::control::is_control(&k.name) || k.name == "on_error" {
             nested(v, ids);
         }
     }
@@ -673,6 +678,7 @@ fn compile_step(node: &Node, cx: &mut CompileCx) -> Option<CompiledStep> {
         Some(w) => Some(cx.expr(w)?),
         None => None,
     };
+    let (on_error, fallback) = compile_on_error(&common, cx)?;
     let step = step?;
     if !ok {
         return None;
@@ -700,9 +706,52 @@ fn compile_step(node: &Node, cx: &mut CompileCx) -> Option<CompiledStep> {
         when,
         retry,
         timeout,
-        on_error: common.on_error.unwrap_or_default(),
+        on_error,
+        fallback,
         action: Action::Run(step),
     })
+}
+
+/// `on_error`: the policy, and the fallback steps when it is a list. Fallback steps read the
+/// steps before this one and this one (`.steps.ID` is `{"error": …}`), and `.error`.
+fn compile_on_error(
+    common: &StepCommon,
+    cx: &mut CompileCx,
+) -> Option<(OnError, Option<Vec<CompiledStep>>)> {
+    use crate::flow::model::OnErrorConfig;
+    match &common.on_error {
+        None => Some((OnError::Fail, None)),
+        Some(OnErrorConfig::Policy(p)) => Some((*p, None)),
+        Some(OnErrorConfig::Steps(nodes)) => {
+            if nodes.is_empty() {
+                cx.error(
+                    common.id.pos,
+                    "`on_error` is an empty list of fallback steps",
+                    Some("write `fail`, `continue`, or at least one step".into()),
+                );
+                return None;
+            }
+            if cx.depth >= crate::flow::control::MAX_DEPTH {
+                cx.error(
+                    common.id.pos,
+                    format!(
+                        "steps nest more than {} levels deep here",
+                        crate::flow::control::MAX_DEPTH
+                    ),
+                    Some("move the inner part into a flow of its own".into()),
+                );
+                return None;
+            }
+            let saved = cx.steps_before.clone();
+            cx.steps_before.push(common.id.value.clone());
+            let before = cx.diags.len();
+            cx.depth += 1;
+            let block = compile_block(nodes, cx);
+            cx.depth -= 1;
+            cx.steps_before = saved;
+            (cx.diags.len() == before).then_some((OnError::Continue, Some(block)))
+        }
+    }
 }
 
 /// A step of a control kind: its `if:` and common keys as for any step; `retry` and
@@ -746,6 +795,7 @@ fn compile_control(
     cx.depth += 1;
     let control = crate::flow::control::compile(&kind_key.name, &common.id.value, kind_node, cx);
     cx.depth -= 1;
+    let (on_error, fallback) = compile_on_error(&common, cx)?;
     let (kind, control) = control?;
     if !ok {
         return None;
@@ -757,7 +807,8 @@ fn compile_control(
         when,
         retry: RetryPolicy::none(),
         timeout: DEFAULT_STEP_TIMEOUT,
-        on_error: common.on_error.unwrap_or_default(),
+        on_error,
+        fallback,
         action: Action::Control(control),
     })
 }

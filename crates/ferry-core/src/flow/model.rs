@@ -169,15 +169,25 @@ pub struct StepCommon {
     /// 30s). One HTTP request is also bounded by its connection's `timeout`.
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// What a failure does to the run: `fail` (default) or `continue`.
+    /// What a failure does to the run: `fail` (default), `continue`, or a list of fallback
+    /// steps run with `.error` in their context (the run goes on after them).
     #[serde(default)]
-    pub on_error: Option<OnError>,
+    pub on_error: Option<OnErrorConfig>,
     /// For people reading the flow.
     #[serde(default)]
     pub description: Option<String>,
 }
 
 pub const STEP_COMMON_KEYS: &[&str] = &["id", "if", "retry", "timeout", "on_error", "description"];
+
+/// `on_error:` as written: a policy, or fallback steps.
+#[derive(Deserialize, JsonSchema, Debug)]
+#[serde(untagged)]
+pub enum OnErrorConfig {
+    Policy(OnError),
+    /// Steps run when the step fails for good, with `.error` (kind, message, status).
+    Steps(#[schemars(with = "Vec<serde_json::Value>")] Vec<Node>),
+}
 
 /// What a step failure (after retries) does to the run.
 #[derive(Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
