@@ -778,3 +778,212 @@ async fn fallback_steps_run_with_the_error_and_the_run_goes_on() {
     assert_eq!(up.calls("/next"), 1);
     h.stop().await;
 }
+
+fn waiting(url: &str) -> tempfile::TempDir {
+    project(&[
+        ("connections/api.yaml", format!("id: api\nbase_url: '{url}'\nretry: {{ attempts: 1 }}\n")),
+        (
+            "flows/order.yaml",
+            "id: order
+trigger: manual
+steps:
+  - id: paid
+    wait: { signal: payment, key: '{{ .event.body.order }}', timeout: 2d }
+  - id: ship
+    http: { connection: api, method: POST, path: /ship, body: { amount: '{{ .steps.paid.amount }}' } }
+"
+            .to_owned(),
+        ),
+        (
+            "flows/ipn.yaml",
+            "id: ipn
+trigger: manual
+steps:
+  - id: tell
+    signal: { name: payment, key: '{{ .event.body.ref }}', data: { amount: '{{ .event.body.amount }}' } }
+"
+            .to_owned(),
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn a_wait_is_resumed_by_a_signal_step_in_another_flow_with_its_data() {
+    let (up, url) = Upstream::start().await;
+    let dir = waiting(&url);
+    let h = Harness::load(dir.path());
+    let order = h.start("order", json!({"order": "o-1"})).await.unwrap();
+    let other = h.start("order", json!({"order": "o-2"})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&order).await;
+    assert_eq!(run.summary.status, RunStatus::Queued, "{run:#?}");
+    let paid = step(&run, "paid");
+    assert_eq!(paid.status, StepStatus::Waiting);
+    assert_eq!(paid.output.as_ref().unwrap()["key"], "o-1");
+
+    h.advance(HOUR).await;
+    let ipn = h
+        .start("ipn", json!({"ref": "o-1", "amount": 250000}))
+        .await
+        .unwrap();
+    h.settle().await;
+    let run = h.run(&ipn).await;
+    assert_eq!(
+        step(&run, "tell").output,
+        Some(json!({"name": "payment", "key": "o-1", "resumed": 1}))
+    );
+    let run = h.run(&order).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(step(&run, "paid").output, Some(json!({"amount": 250000})));
+    assert_eq!(up.calls("/ship"), 1);
+    assert_eq!(
+        h.run(&other).await.summary.status,
+        RunStatus::Queued,
+        "the other order woke"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_signal_that_comes_before_the_wait_resumes_it_within_the_lookback() {
+    let (up, url) = Upstream::start().await;
+    let dir = waiting(&url);
+    let h = Harness::load(dir.path());
+    // Nobody waits yet: the signal is kept, and visible.
+    assert_eq!(
+        h.engine
+            .signal("payment", "o-7", &json!({"amount": 1}), None)
+            .await
+            .unwrap(),
+        0
+    );
+    let kept = h
+        .engine
+        .store
+        .kept_signals(h.clock_now(), 10)
+        .await
+        .unwrap();
+    assert_eq!((kept.len(), kept[0].key.as_str()), (1, "o-7"));
+    h.advance(5 * MINUTE).await;
+    let id = h.start("order", json!({"order": "o-7"})).await.unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(step(&run, "paid").output, Some(json!({"amount": 1})));
+    // Taken once: a second wait for the same key does not get it again.
+    let again = h.start("order", json!({"order": "o-7"})).await.unwrap();
+    h.settle().await;
+    assert_eq!(h.run(&again).await.summary.status, RunStatus::Queued);
+    assert!(
+        h.engine
+            .store
+            .kept_signals(h.clock_now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Past the lookback, a kept signal is dropped: the wait does not see it.
+    h.engine
+        .signal("payment", "o-8", &json!(2), None)
+        .await
+        .unwrap();
+    h.advance(11 * MINUTE).await;
+    assert!(
+        h.engine
+            .store
+            .kept_signals(h.clock_now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let late = h.start("order", json!({"order": "o-8"})).await.unwrap();
+    h.settle().await;
+    assert_eq!(h.run(&late).await.summary.status, RunStatus::Queued);
+    assert_eq!(up.calls("/ship"), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_times_out_with_kind_timeout_and_on_error_decides() {
+    let (up, url) = Upstream::start().await;
+    let dir = project(&[
+        ("connections/api.yaml", format!("id: api\nbase_url: '{url}'\nretry: {{ attempts: 1 }}\n")),
+        (
+            "flows/f.yaml",
+            "id: f
+trigger: manual
+steps:
+  - id: approval
+    wait: { signal: approval, key: '{{ .event.body.id }}', timeout: 1h }
+    on_error: continue
+  - id: next
+    http: { connection: api, method: POST, path: /next, body: { approved: '{{ .steps.approval.error == null }}', kind: '{{ .steps.approval.error.kind }}' } }
+"
+            .to_owned(),
+        ),
+    ]);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({"id": 5})).await.unwrap();
+    h.settle().await;
+    h.advance(HOUR - MINUTE).await;
+    assert_eq!(h.run(&id).await.summary.status, RunStatus::Queued);
+    h.advance(MINUTE).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    let e = &step(&run, "approval").output.as_ref().unwrap()["error"];
+    assert_eq!(e["kind"], "timeout");
+    assert_eq!(
+        e["message"],
+        "no signal `approval` with key `5` arrived within 1h"
+    );
+    assert_eq!(
+        step(&run, "next").output.as_ref().unwrap()["body"],
+        json!({"approved": false, "kind": "timeout"})
+    );
+    // A signal after the timeout resumes nothing.
+    assert_eq!(
+        h.engine
+            .signal("approval", "5", &json!(true), None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(up.calls("/next"), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn waits_inside_foreach_items_resume_one_by_one() {
+    let (up, url) = Upstream::start().await;
+    let steps = "
+  - id: parcels
+    foreach:
+      items: [a, b, c]
+      steps:
+        - id: picked
+          wait: { signal: pickup, key: '{{ .item }}', timeout: 1d }
+        - id: tell
+          http: { connection: api, method: POST, path: '/picked/{{ .item }}' }
+";
+    let dir = flow(&url, steps);
+    let h = Harness::load(dir.path());
+    let id = h.start("f", json!({})).await.unwrap();
+    h.settle().await;
+    for (n, key) in ["b", "a", "c"].into_iter().enumerate() {
+        assert_eq!(
+            h.engine
+                .signal("pickup", key, &json!({"at": n}), None)
+                .await
+                .unwrap(),
+            1,
+            "{key}"
+        );
+        h.settle().await;
+        assert_eq!(up.calls(&format!("/picked/{key}")), 1, "{key}");
+        assert_eq!(up.total(), n + 1);
+    }
+    let run = h.run(&id).await;
+    assert_eq!(run.summary.status, RunStatus::Succeeded, "{run:#?}");
+    h.stop().await;
+}

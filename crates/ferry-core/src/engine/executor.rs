@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use serde_json::{Value as Json, json};
 
 use super::Engine;
-use crate::flow::control::{Arm, Control, Delay, Foreach, Items, Join, Parallel, Switch};
+use crate::flow::control::{
+    Arm, Control, Delay, Foreach, Items, Join, Parallel, SIGNAL_KEEP, Signal, Switch, Wait,
+};
 use crate::flow::model::OnError;
 use crate::flow::{Action, CompiledStep, Flow};
 use crate::step::{ErrorKind, Outcome, StepCx, StepError, StepOutput};
@@ -182,6 +184,9 @@ pub(crate) struct RunCx {
     /// `pending` holds a decision (the arm a `switch` took): it is stored before any step
     /// that calls out, so that a resume takes the same arm.
     decided: bool,
+    /// Waits whose step ended (signalled or timed out), ended in the store with the next
+    /// write.
+    end_waits: Vec<String>,
 }
 
 impl RunCx {
@@ -233,6 +238,7 @@ impl RunCx {
             pending: Vec::new(),
             redaction,
             decided: false,
+            end_waits: Vec::new(),
         }
     }
 
@@ -583,6 +589,22 @@ impl Engine {
             Action::Control(Control::Parallel(par)) => {
                 self.parallel(cx, step, path, par, started, last).await
             }
+            Action::Control(Control::Wait(wait)) => {
+                self.wait(cx, step, path, wait, started, ctx, last).await
+            }
+            Action::Control(Control::Signal(signal)) => {
+                let result = self.send_signal(cx, signal, &path, &ctx).await;
+                let pass = self
+                    .outcome(cx, step, path, attempt, started, result, last)
+                    .await?;
+                // Its effect is out: stored before the next step starts.
+                if matches!(pass, Pass::Done) {
+                    let rows = std::mem::take(&mut cx.pending);
+                    self.commit(cx, rows, RunUpdate::Continue).await?;
+                    cx.decided = false;
+                }
+                Ok(pass)
+            }
             Action::Control(Control::Delay(delay)) => {
                 self.delay(cx, step, path, delay, started, ctx, last).await
             }
@@ -925,7 +947,12 @@ impl Engine {
             let pass = self
                 .run_block(&mut icx, steps, Some(&item_path), false, Until::End)
                 .await?;
-            let rows = std::mem::take(&mut icx.pending);
+            let mut rows = std::mem::take(&mut icx.pending);
+            if !icx.end_waits.is_empty() {
+                // A wait inside it ended: stored now, with the item's rows so far.
+                self.commit(&mut icx, std::mem::take(&mut rows), RunUpdate::Continue)
+                    .await?;
+            }
             Ok(match pass {
                 // A `filter` inside an item ends the item, not the run.
                 Pass::Done
@@ -1065,6 +1092,180 @@ impl Engine {
         } else {
             Pass::Done
         })
+    }
+
+    /// A `wait`: registers the wait (taking a signal that came within the lookback), else a
+    /// `waiting` row and the run sleeps in the queue until the timeout; a signal makes it due
+    /// at once. Woken, it takes the signal delivered to it, or times out, or sleeps again.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        wait: &Wait,
+        started: i64,
+        ctx: jaq_json::Val,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let (key, until_ms, started, data) = match cx.prior.get(path.as_str()) {
+            Some(Prior::Waiting(row)) => {
+                let out = row.output.clone().unwrap_or(Json::Null);
+                let data = self
+                    .store
+                    .wait_signal(cx.run_id.as_str().to_owned(), path.as_str().to_owned())
+                    .await?;
+                let key = out["key"].as_str().unwrap_or_default().to_owned();
+                (
+                    key,
+                    out["until_ms"].as_i64().unwrap_or(now),
+                    row.started_at_ms,
+                    data,
+                )
+            }
+            _ => {
+                let key = match signal_key(&wait.key, &ctx) {
+                    Ok(k) => k,
+                    Err(e) => return self.outcome(cx, step, path, 1, started, Err(e), last).await,
+                };
+                let until_ms = now + wait.timeout.as_millis() as i64;
+                // Rows that only computed go first: the wait's registration is an effect
+                // (it may take a signal), and must not be repeated on other inputs.
+                if !cx.pending.is_empty() {
+                    let rows = std::mem::take(&mut cx.pending);
+                    self.commit(cx, rows, RunUpdate::Continue).await?;
+                    cx.decided = false;
+                }
+                let data = self
+                    .store
+                    .register_wait(crate::store::NewWait {
+                        run_id: cx.run_id.as_str().to_owned(),
+                        path: path.as_str().to_owned(),
+                        signal: wait.signal.clone(),
+                        key: key.clone(),
+                        since_ms: now - wait.lookback.as_millis() as i64,
+                        until_ms,
+                        now_ms: now,
+                    })
+                    .await?;
+                (key, until_ms, started, data)
+            }
+        };
+        if let Some(data) = data {
+            cx.end_waits.push(path.as_str().to_owned());
+            let out = StepOutput {
+                value: data,
+                ..Default::default()
+            };
+            // Stored at once: the signal is taken.
+            let pass = self
+                .outcome(cx, step, path, 1, started, Ok(out), last)
+                .await?;
+            if matches!(pass, Pass::Done) {
+                let rows = std::mem::take(&mut cx.pending);
+                self.commit(cx, rows, RunUpdate::Continue).await?;
+            }
+            return Ok(pass);
+        }
+        if now >= until_ms {
+            cx.end_waits.push(path.as_str().to_owned());
+            let e = StepError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no signal `{}` with key `{key}` arrived within {}",
+                    wait.signal,
+                    humantime::format_duration(wait.timeout)
+                ),
+            );
+            return self.outcome(cx, step, path, 1, started, Err(e), last).await;
+        }
+        let output = json!({
+            "signal": wait.signal,
+            "key": key,
+            "until": crate::util::rfc3339(until_ms),
+            "until_ms": until_ms,
+        });
+        let row = StepRow {
+            output: Some(output),
+            ..row(
+                &path,
+                step,
+                StepStatus::Waiting,
+                0,
+                started,
+                now,
+                None,
+                None,
+            )
+        };
+        self.report(cx, step, &row, Some(until_ms - now));
+        cx.prior.insert(path.0.clone(), Prior::Waiting(row.clone()));
+        cx.pending.push(row);
+        self.note_due(until_ms);
+        Ok(Pass::Stop(Outcome::WaitUntil { at_ms: until_ms }))
+    }
+
+    /// A `signal` step: the signal is stored and delivered, once per run and path.
+    async fn send_signal(
+        &self,
+        cx: &RunCx,
+        signal: &Signal,
+        path: &StepPath,
+        ctx: &jaq_json::Val,
+    ) -> Result<StepOutput, StepError> {
+        let key = signal_key(&signal.key, ctx)?;
+        let data = match &signal.data {
+            Some(t) => t.render(ctx).map_err(|e| {
+                StepError::new(ErrorKind::Expression, format!("in `data`: {}", e.message))
+            })?,
+            None => Json::Null,
+        };
+        let resumed = self
+            .signal(
+                &signal.name,
+                &key,
+                &data,
+                Some(format!("{}:{}", cx.run_id, path.as_str())),
+            )
+            .await
+            .map_err(|e| {
+                StepError::new(
+                    ErrorKind::Config,
+                    format!("the signal could not be stored: {e}"),
+                )
+            })?;
+        Ok(StepOutput {
+            value: json!({ "name": signal.name, "key": key, "resumed": resumed }),
+            ..Default::default()
+        })
+    }
+
+    /// Sends a signal: resumes the runs waiting for `name` and `key`, or keeps it for
+    /// [`SIGNAL_KEEP`] for a wait that registers later. Returns how many waits it resumed.
+    pub async fn signal(
+        &self,
+        name: &str,
+        key: &str,
+        data: &Json,
+        origin: Option<String>,
+    ) -> Result<u64, crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let resumed = self
+            .store
+            .send_signal(crate::store::NewSignal {
+                signal: name.to_owned(),
+                key: key.to_owned(),
+                data: data.to_string(),
+                now_ms: now,
+                keep_until_ms: now + SIGNAL_KEEP.as_millis() as i64,
+                origin,
+            })
+            .await?;
+        if resumed > 0 {
+            self.wake();
+        }
+        Ok(resumed)
     }
 
     /// When a `delay` that starts `now` ends.
@@ -1328,12 +1529,19 @@ impl Engine {
 
     async fn commit(
         &self,
-        cx: &RunCx,
+        cx: &mut RunCx,
         rows: Vec<StepRow>,
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
-        self.commit_as(cx.run_id.as_str(), cx.redaction.as_deref(), rows, update)
-            .await
+        let end_waits = std::mem::take(&mut cx.end_waits);
+        self.commit_waits(
+            cx.run_id.as_str(),
+            cx.redaction.as_deref(),
+            rows,
+            update,
+            end_waits,
+        )
+        .await
     }
 
     async fn commit_as(
@@ -1342,6 +1550,18 @@ impl Engine {
         redaction: Option<&RunRedaction>,
         rows: Vec<StepRow>,
         update: RunUpdate,
+    ) -> Result<(), crate::store::StoreError> {
+        self.commit_waits(run_id, redaction, rows, update, Vec::new())
+            .await
+    }
+
+    async fn commit_waits(
+        &self,
+        run_id: &str,
+        redaction: Option<&RunRedaction>,
+        rows: Vec<StepRow>,
+        update: RunUpdate,
+        end_waits: Vec<String>,
     ) -> Result<(), crate::store::StoreError> {
         // Secrets never reach the store.
         let (mut rows, mut update) = (rows, update);
@@ -1353,6 +1573,7 @@ impl Engine {
             rows,
             update,
             now_ms: self.clock.now_ms(),
+            end_waits,
         };
         self.store.write_step(write).await?;
         // The event was needed until now (a retry or a crash re-reads it); once the run has
@@ -1439,5 +1660,23 @@ fn adopt_branches(cx: &mut RunCx, par: &Parallel, path: &StepPath) {
                 cx.outputs.set_step(&s.id, &output);
             }
         }
+    }
+}
+
+/// A signal's key, rendered: a string as is, a number or boolean as its JSON text.
+fn signal_key(t: &crate::expr::Template, ctx: &jaq_json::Val) -> Result<String, StepError> {
+    let v = t
+        .render(ctx)
+        .map_err(|e| StepError::new(ErrorKind::Expression, format!("in `key`: {}", e.message)))?;
+    match v {
+        Json::String(s) if !s.is_empty() => Ok(s),
+        Json::Number(_) | Json::Bool(_) => Ok(v.to_string()),
+        other => Err(StepError::new(
+            ErrorKind::Expression,
+            format!(
+                "`key` must be a non-empty string or a number, got {}",
+                short(&other)
+            ),
+        )),
     }
 }

@@ -308,6 +308,9 @@ impl Engine {
                     if let Err(e) = engine.store.purge_dedupe(engine.clock.now_ms()).await {
                         tracing::warn!(error = %e, "purging dedupe keys failed");
                     }
+                    if let Err(e) = engine.store.purge_signals(engine.clock.now_ms()).await {
+                        tracing::warn!(error = %e, "purging signals failed");
+                    }
                     engine.purge_expired_payloads().await;
                 }
             })

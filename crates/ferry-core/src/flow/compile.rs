@@ -879,7 +879,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -943,7 +943,7 @@ extra: 1
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
@@ -1082,7 +1082,7 @@ steps:
         f.yaml:11:37: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         f.yaml:12:29: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
         f.yaml:13:43: error: reference to unknown step `later`
           hint: step `later` runs later; a step can only read the results of steps before it
         f.yaml:15:13: error: the short form of a switch needs `if` and `then`

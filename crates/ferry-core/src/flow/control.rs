@@ -107,6 +107,39 @@ pub const CONTROLS: &[ControlDef] = &[
         },
     },
     ControlDef {
+        kind: "wait",
+        summary: "sleep until a signal with this name and key arrives (the callback pattern), at most `timeout`",
+        schema: |_| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["signal", "key", "timeout"],
+                "properties": {
+                    "signal": {"type": "string", "description": "The signal's name: letters, digits, `-`, `_`, `.`."},
+                    "key": {"type": "string", "description": "Which signal of that name: a template, e.g. the order id."},
+                    "timeout": {"$ref": "#/$defs/Duration"},
+                    "lookback": {"$ref": "#/$defs/Duration"},
+                }
+            })
+        },
+    },
+    ControlDef {
+        kind: "signal",
+        summary: "send a signal that resumes the runs waiting for its name and key",
+        schema: |_| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["name", "key"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "key": {"type": "string", "description": "A template."},
+                    "data": {"description": "What the waiting step gets as its result (a template); default `null`."},
+                }
+            })
+        },
+    },
+    ControlDef {
         kind: "delay",
         summary: "sleep (durably, in the queue) for a duration or until a time",
         schema: |_| {
@@ -123,7 +156,34 @@ pub enum Control {
     Switch(Switch),
     Foreach(Foreach),
     Parallel(Parallel),
+    Wait(Wait),
+    Signal(Signal),
     Delay(Delay),
+}
+
+/// How long a signal that no wait took is kept, and the longest `lookback`.
+pub const SIGNAL_KEEP: Duration = Duration::from_secs(600);
+
+pub struct Wait {
+    pub signal: String,
+    pub key: crate::expr::Template,
+    pub timeout: Duration,
+    pub lookback: Duration,
+}
+
+pub struct Signal {
+    pub name: String,
+    pub key: crate::expr::Template,
+    pub data: Option<crate::expr::Template>,
+}
+
+/// A signal name: what `POST /api/v1/signals/NAME/KEY` and `wait.signal` use.
+pub fn valid_signal_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Named branches, in the order written.
@@ -262,7 +322,7 @@ impl Control {
                 .collect(),
             Control::Foreach(f) => vec![f.steps.as_slice()],
             Control::Parallel(p) => p.branches.iter().map(|(_, b)| b.as_slice()).collect(),
-            Control::Delay(_) => Vec::new(),
+            Control::Delay(_) | Control::Wait(_) | Control::Signal(_) => Vec::new(),
         }
     }
 }
@@ -282,6 +342,8 @@ pub(crate) fn compile(
         "switch" => compile_switch(id, node, cx).map(|s| ("switch", Control::Switch(s))),
         "foreach" => compile_foreach(node, cx).map(|f| ("foreach", Control::Foreach(f))),
         "parallel" => compile_parallel(node, cx).map(|p| ("parallel", Control::Parallel(p))),
+        "wait" => compile_wait(node, cx).map(|w| ("wait", Control::Wait(w))),
+        "signal" => compile_signal(node, cx).map(|w| ("signal", Control::Signal(w))),
         "delay" => compile_delay(node, cx).map(|d| ("delay", Control::Delay(d))),
         other => unreachable!("not a control kind: {other}"),
     }
@@ -651,6 +713,93 @@ fn compile_parallel(node: &Node, cx: &mut CompileCx) -> Option<Parallel> {
     (cx.diags.len() == before).then_some(Parallel {
         branches,
         join: c.join.unwrap_or(Join::All),
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct WaitConfig {
+    signal: Spanned<String>,
+    key: Node,
+    #[serde(default)]
+    timeout: Option<Spanned<Dur>>,
+    #[serde(default)]
+    lookback: Option<Spanned<Dur>>,
+}
+
+fn signal_name(name: &Spanned<String>, cx: &mut CompileCx) -> Option<String> {
+    if valid_signal_name(&name.value) {
+        return Some(name.value.clone());
+    }
+    cx.error(
+        name.pos,
+        format!("invalid signal name `{}`", name.value),
+        Some("use letters, digits, `-`, `_` and `.`, e.g. `payment` or `carrier.pickup`".into()),
+    );
+    None
+}
+
+fn compile_wait(node: &Node, cx: &mut CompileCx) -> Option<Wait> {
+    let c: WaitConfig = cx.parse(node)?;
+    let name = signal_name(&c.signal, cx);
+    let key = cx.template(&c.key);
+    let Some(timeout) = c.timeout else {
+        cx.error(
+            node.pos,
+            "a wait needs a `timeout`",
+            Some("how long to wait at most, e.g. `timeout: 2d`; on timeout the step fails with kind `timeout` and `on_error` decides".into()),
+        );
+        return None;
+    };
+    if timeout.value.0 < MIN_DELAY || timeout.value.0 > MAX_DELAY {
+        cx.error(
+            timeout.pos,
+            "a wait's `timeout` is from 1s to 1 year",
+            Some("e.g. `timeout: 30m`, `timeout: 2d`".into()),
+        );
+        return None;
+    }
+    let lookback = match c.lookback {
+        None => SIGNAL_KEEP,
+        Some(l) if l.value.0 <= SIGNAL_KEEP => l.value.0,
+        Some(l) => {
+            cx.error(
+                l.pos,
+                "`lookback` is at most 10m (how long a signal that no wait took is kept)",
+                Some("remove it for the default (10m)".into()),
+            );
+            return None;
+        }
+    };
+    Some(Wait {
+        signal: name?,
+        key: key?,
+        timeout: timeout.value.0,
+        lookback,
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SignalConfig {
+    name: Spanned<String>,
+    key: Node,
+    #[serde(default)]
+    data: Option<Node>,
+}
+
+fn compile_signal(node: &Node, cx: &mut CompileCx) -> Option<Signal> {
+    let c: SignalConfig = cx.parse(node)?;
+    let name = signal_name(&c.name, cx);
+    let key = cx.template(&c.key);
+    let data = match &c.data {
+        Some(d) => Some(cx.template(d)?),
+        None => None,
+    };
+    Some(Signal {
+        name: name?,
+        key: key?,
+        data,
     })
 }
 

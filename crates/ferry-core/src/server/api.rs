@@ -38,6 +38,8 @@ pub(super) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/keys/{id}", axum::routing::delete(revoke_key))
         .route("/audit", get(list_audit))
         .route("/erase", post(erase))
+        .route("/signals", get(list_signals))
+        .route("/signals/{name}/{key}", post(send_signal))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             // axum adds the route's own `Allow` header to this answer.
@@ -590,6 +592,88 @@ async fn list_audit(
 #[serde(deny_unknown_fields)]
 struct EraseBody {
     subject: String,
+}
+
+/// `POST /signals/{name}/{key}`: the body (any JSON) is the signal's data; it resumes the
+/// runs waiting for it, or is kept for a wait that registers within the lookback. An
+/// `Idempotency-Key` header makes a resend count once.
+async fn send_signal(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path((name, key)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    if !crate::flow::control::valid_signal_name(&name) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid signal name `{name}`; use letters, digits, `-`, `_` and `.`"
+        )));
+    }
+    if key.is_empty() || key.len() > 512 {
+        return Err(ApiError::BadRequest(
+            "the signal key must have 1 to 512 characters".into(),
+        ));
+    }
+    if body.len() > 1024 * 1024 {
+        return Err(ApiError::BadRequest(
+            "a signal's data is at most 1 MiB".into(),
+        ));
+    }
+    let data: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
+    };
+    let origin = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("api:{k}"));
+    let resumed = state.engine.signal(&name, &key, &data, origin).await?;
+    state
+        .access
+        .audit(
+            &caller,
+            "signal.send",
+            &format!("{name}/{key}"),
+            Some(json!({ "resumed": resumed })),
+        )
+        .await;
+    let kept = crate::flow::control::SIGNAL_KEEP.as_secs();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({
+            "signal": name,
+            "key": key,
+            "resumed": resumed,
+            "kept_for_s": if resumed == 0 { Some(kept) } else { None },
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /signals`: signals kept for a wait that has not registered yet.
+async fn list_signals(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let now = state.engine.clock.now_ms();
+    let kept = state.engine.store.kept_signals(now, 100).await?;
+    let signals: Vec<Value> = kept
+        .into_iter()
+        .map(|s| {
+            json!({
+                "signal": s.signal,
+                "key": s.key,
+                "data": s.data,
+                "received_at": rfc3339(s.received_at_ms),
+                "expires_at": rfc3339(s.expires_at_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "signals": signals })).into_response())
 }
 
 /// `POST /erase`: deletes every stored payload that mentions `subject` (GDPR erasure).

@@ -219,6 +219,49 @@ pub struct StepWrite {
     pub rows: Vec<StepRow>,
     pub update: RunUpdate,
     pub now_ms: i64,
+    /// Waits of this run that end with this write (their step succeeded or timed out), by
+    /// path. A finished run's waits all end.
+    pub end_waits: Vec<String>,
+}
+
+/// A `wait` step registering: the signal it waits for, and until when.
+#[derive(Debug, Clone)]
+pub struct NewWait {
+    pub run_id: String,
+    pub path: String,
+    pub signal: String,
+    pub key: String,
+    /// A signal received at or after this time and not delivered yet resumes the wait at
+    /// once (the lookback).
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A signal arriving.
+#[derive(Debug, Clone)]
+pub struct NewSignal {
+    pub signal: String,
+    pub key: String,
+    /// JSON text.
+    pub data: String,
+    pub now_ms: i64,
+    /// Kept this long for a wait that registers later (when no wait takes it now).
+    pub keep_until_ms: i64,
+    /// Who sent it, when sending it twice must count once (a `signal` step's `RUN:PATH`, an
+    /// API caller's `Idempotency-Key`): a second signal from the same origin is not stored
+    /// again, and answers what the first did.
+    pub origin: Option<String>,
+}
+
+/// A signal kept for a wait that has not registered (yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptSignal {
+    pub signal: String,
+    pub key: String,
+    pub data: Json,
+    pub received_at_ms: i64,
+    pub expires_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -296,6 +339,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<String>>>;
     /// Forgets dedupe keys whose window has passed.
     fn purge_dedupe(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Registers a wait, in one transaction with looking for a signal it may take: one
+    /// received since `since_ms`, not delivered, for the same name and key. Returns that
+    /// signal's data (and consumes it), or `None` (the wait is stored). Idempotent per
+    /// (run, path): registering again returns the data delivered to it, if any.
+    fn register_wait(&self, wait: NewWait) -> BoxFuture<'_, Result<Option<Json>>>;
+
+    /// Stores a signal and, in the same transaction, delivers it to every wait registered
+    /// for its name and key that has none yet, and makes their runs due now. Returns how
+    /// many waits it resumed; with none, it is kept until `keep_until_ms`.
+    fn send_signal(&self, signal: NewSignal) -> BoxFuture<'_, Result<u64>>;
+
+    /// The data of the signal delivered to a wait, if one was.
+    fn wait_signal(&self, run_id: String, path: String) -> BoxFuture<'_, Result<Option<Json>>>;
+
+    /// Signals kept for a wait (not delivered, not expired), newest first.
+    fn kept_signals(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<KeptSignal>>>;
+
+    /// Forgets kept signals past their time, and delivered ones whose waits have ended.
+    fn purge_signals(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
     /// A cheap read that proves the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<()>>;
 

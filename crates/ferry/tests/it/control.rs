@@ -186,3 +186,91 @@ async fn kill_9_mid_foreach_calls_no_stored_item_again_and_loses_none() {
     let done = receiver.wait_for("/done", 1, Duration::from_secs(5)).await;
     assert_eq!(done[0].json()["lines"], ITEMS as u64);
 }
+
+const CALLBACK: &str = "\
+id: pay
+trigger: { webhook: { path: /orders } }
+steps:
+  - id: paid
+    wait: { signal: payment, key: '{{ .event.body.order }}', timeout: 1h }
+  - id: ship
+    http: { url: '@RECEIVER@/ship', body: { order: '{{ .event.body.order }}', amount: '{{ .steps.paid.amount }}' } }
+";
+
+#[tokio::test]
+async fn signals_through_the_api_resume_waits_survive_kill_9_and_refuse_bad_input() {
+    use reqwest::Method;
+    let receiver = Receiver::start().await;
+    let project = Project::new(&[("flows/pay.yaml", CALLBACK)], Some(&receiver));
+    let mut ferry = Ferry::start(&project);
+    let resp = ferry
+        .post_json("/orders", &json!({ "order": "o-1" }), &[])
+        .await;
+    let run_id = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ferry.run(&run_id).await["steps"][0]["status"] != "waiting" {
+        assert!(Instant::now() < deadline, "the wait never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The wait survives a kill -9; a signal after the restart resumes it.
+    ferry.kill9();
+    ferry.restart();
+    let (status, v) = ferry
+        .api(
+            Method::POST,
+            "/signals/payment/o-1",
+            Some(json!({ "amount": 990 })),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["resumed"], 1, "{v}");
+    let run = ferry.wait_final(&run_id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let ship = receiver.wait_for("/ship", 1, Duration::from_secs(5)).await;
+    assert_eq!(ship[0].json(), json!({ "order": "o-1", "amount": 990 }));
+
+    // A signal nobody waits for is kept, and listed.
+    let (status, v) = ferry
+        .api(
+            Method::POST,
+            "/signals/payment/o-2",
+            Some(json!({ "amount": 1 })),
+        )
+        .await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            v["resumed"].clone(),
+            v["kept_for_s"].clone()
+        ),
+        (202, json!(0), json!(600))
+    );
+    let (_, v) = ferry.api(Method::GET, "/signals", None).await;
+    assert_eq!(v["signals"][0]["key"], "o-2", "{v}");
+    // ...and a wait that registers after it takes it.
+    let run = ferry.run_event("/orders", &json!({ "order": "o-2" })).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    for (path, message) in [
+        ("/signals/pay%20ment/x", "invalid signal name"),
+        ("/signals/payment/x", "the body is not JSON"),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(ferry.url(&format!("/api/v1{path}")))
+            .bearer_auth(crate::harness::ADMIN_KEY)
+            .body("{nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["detail"].as_str().unwrap().contains(message),
+            "{path}: {v}"
+        );
+    }
+}

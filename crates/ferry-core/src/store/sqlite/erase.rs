@@ -143,6 +143,11 @@ fn erase_rows(c: &Connection, likes: &[String], now_ms: i64) -> Result<(u64, u64
     }
     for like in likes {
         c.execute("DELETE FROM dedupe WHERE key LIKE ?1 ESCAPE '\\'", [like])?;
+        // Signals carry callers' data (an IPN's payer); their keys may be the subject too.
+        c.execute(
+            "DELETE FROM signals WHERE data LIKE ?1 ESCAPE '\\' OR key LIKE ?1 ESCAPE '\\'",
+            [like],
+        )?;
     }
     Ok((hits.len() as u64, in_flight))
 }
@@ -262,6 +267,7 @@ mod tests {
                 rows: vec![row(status)],
                 update,
                 now_ms: 3,
+                end_waits: Vec::new(),
             };
             store
                 .write_step(write(

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_trust.sql"),
     include_str!("migrations/0003_purged.sql"),
+    include_str!("migrations/0004_signals.sql"),
 ];
 
 pub struct SqliteStore {
@@ -598,6 +599,7 @@ struct StepWriteText {
     rows: Vec<RowText>,
     update: RunUpdate,
     error: Option<String>,
+    end_waits: Vec<String>,
 }
 
 struct RowText {
@@ -648,6 +650,7 @@ impl StepWriteText {
             owner: w.owner,
             now_ms: w.now_ms,
             update: w.update,
+            end_waits: w.end_waits,
         }
     }
 }
@@ -699,6 +702,88 @@ fn put_steps(c: &Connection, run_id: &str, rows: &[RowText]) -> Result<()> {
     Ok(())
 }
 
+fn delivered(c: &Connection, run_id: &str, path: &str) -> Result<Option<Json>> {
+    let data: Option<String> = c
+        .prepare_cached(
+            "SELECT s.data FROM waits w JOIN signals s ON s.id = w.signal_id WHERE w.run_id = ?1 AND w.path = ?2",
+        )?
+        .query_row(params![run_id, path], |r| r.get(0))
+        .optional()?;
+    Ok(data.map(|d| serde_json::from_str(&d).unwrap_or(Json::Null)))
+}
+
+fn register_wait(c: &Connection, w: &NewWait) -> Result<Option<Json>> {
+    let exists: bool = c
+        .prepare_cached("SELECT 1 FROM waits WHERE run_id = ?1 AND path = ?2")?
+        .exists(params![w.run_id, w.path])?;
+    if exists {
+        return delivered(c, &w.run_id, &w.path);
+    }
+    // The oldest signal in the lookback that nobody took.
+    let early: Option<(i64, String)> = c
+        .prepare_cached(
+            "SELECT id, data FROM signals WHERE signal = ?1 AND key = ?2 AND received_at >= ?3
+               AND delivered = 0 AND expires_at > ?4 ORDER BY id LIMIT 1",
+        )?
+        .query_row(params![w.signal, w.key, w.since_ms, w.now_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    c.prepare_cached(
+        "INSERT INTO waits (run_id, path, signal, key, until, signal_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        w.run_id,
+        w.path,
+        w.signal,
+        w.key,
+        w.until_ms,
+        early.as_ref().map(|e| e.0),
+        w.now_ms
+    ])?;
+    Ok(match early {
+        Some((id, data)) => {
+            c.prepare_cached("UPDATE signals SET delivered = delivered + 1 WHERE id = ?1")?
+                .execute([id])?;
+            Some(serde_json::from_str(&data).unwrap_or(Json::Null))
+        }
+        None => None,
+    })
+}
+
+fn send_signal(c: &Connection, s: &NewSignal) -> Result<u64> {
+    if let Some(origin) = &s.origin {
+        let first: Option<i64> = c
+            .prepare_cached("SELECT delivered FROM signals WHERE origin = ?1")?
+            .query_row([origin], |r| r.get(0))
+            .optional()?;
+        if let Some(n) = first {
+            return Ok(n as u64);
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO signals (signal, key, data, received_at, expires_at, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![s.signal, s.key, s.data, s.now_ms, s.keep_until_ms, s.origin])?;
+    let id = c.last_insert_rowid();
+    let taken = c
+        .prepare_cached(
+            "UPDATE waits SET signal_id = ?1 WHERE signal = ?2 AND key = ?3 AND signal_id IS NULL",
+        )?
+        .execute(params![id, s.signal, s.key])? as u64;
+    if taken > 0 {
+        c.prepare_cached("UPDATE signals SET delivered = ?2 WHERE id = ?1")?
+            .execute(params![id, taken as i64])?;
+        // Their runs sleep in the queue until the wait's timeout: due now instead.
+        c.prepare_cached(
+            "UPDATE runs SET next_at = ?2 WHERE status = 'queued'
+               AND id IN (SELECT run_id FROM waits WHERE signal_id = ?1)",
+        )?
+        .execute(params![id, s.now_ms])?;
+    }
+    Ok(taken)
+}
+
 fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
     // A write from a worker that lost its lease (it ran past expiry and another node took
     // the run) must not land: the new owner's results win.
@@ -714,11 +799,20 @@ fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
         )));
     }
     put_steps(c, &w.run_id, &w.rows)?;
+    for path in &w.end_waits {
+        c.prepare_cached("DELETE FROM waits WHERE run_id = ?1 AND path = ?2")?
+            .execute(params![w.run_id, path])?;
+    }
     match &w.update {
         RunUpdate::Continue => {}
         RunUpdate::Retry { next_at_ms } => {
+            // A signal delivered to one of the run's waits while it ran makes it due now
+            // (the signal found it running, so could not wake it).
             c.prepare_cached(
-                "UPDATE runs SET status = 'queued', next_at = ?2, updated_at = ?3, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+                "UPDATE runs SET status = 'queued', updated_at = ?3, lease_owner = NULL, lease_until = NULL,
+                   next_at = CASE WHEN EXISTS (SELECT 1 FROM waits WHERE run_id = ?1 AND signal_id IS NOT NULL)
+                                  THEN ?3 ELSE ?2 END
+                 WHERE id = ?1",
             )?
             .execute(params![w.run_id, next_at_ms, w.now_ms])?;
         }
@@ -963,6 +1057,61 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Vec<String>>> {
         self.send(move |c| replay(c, &select, from, now_ms), false)
+    }
+
+    fn register_wait(&self, wait: NewWait) -> BoxFuture<'_, Result<Option<Json>>> {
+        self.send(move |c| register_wait(c, &wait), false)
+    }
+
+    fn send_signal(&self, signal: NewSignal) -> BoxFuture<'_, Result<u64>> {
+        self.send(move |c| send_signal(c, &signal), false)
+    }
+
+    fn wait_signal(&self, run_id: String, path: String) -> BoxFuture<'_, Result<Option<Json>>> {
+        self.read(move |c| delivered(c, &run_id, &path))
+    }
+
+    fn kept_signals(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<KeptSignal>>> {
+        self.read(move |c| {
+            let limit = limit.clamp(1, 1000);
+            let mut st = c.prepare(&format!(
+                "SELECT signal, key, data, received_at, expires_at FROM signals
+                 WHERE delivered = 0 AND expires_at > ?1 ORDER BY id DESC LIMIT {limit}"
+            ))?;
+            let rows = st.query_map([now_ms], |r| {
+                Ok(KeptSignal {
+                    signal: r.get(0)?,
+                    key: r.get(1)?,
+                    data: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or(Json::Null),
+                    received_at_ms: r.get(3)?,
+                    expires_at_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn purge_signals(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        self.send(
+            move |c| {
+                let kept = c.execute(
+                    "DELETE FROM signals WHERE delivered = 0 AND expires_at <= ?1",
+                    [now_ms],
+                )?;
+                let used = c.execute(
+                    "DELETE FROM signals WHERE delivered > 0
+                       AND NOT EXISTS (SELECT 1 FROM waits WHERE waits.signal_id = signals.id)",
+                    [],
+                )?;
+                // Waits of runs that ended (cancelled in a parallel, or finished by replay).
+                let stale = c.execute(
+                    "DELETE FROM waits WHERE run_id IN (SELECT id FROM runs WHERE status IN ('succeeded', 'failed', 'dead'))",
+                    [],
+                )?;
+                Ok((kept + used + stale) as u64)
+            },
+            false,
+        )
     }
 
     fn purge_dedupe(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
@@ -1250,6 +1399,111 @@ mod tests {
         }
     }
 
+    fn wait(run: &str, key: &str, since: i64, now: i64) -> NewWait {
+        NewWait {
+            run_id: run.into(),
+            path: "w".into(),
+            signal: "pay".into(),
+            key: key.into(),
+            since_ms: since,
+            until_ms: now + 10_000,
+            now_ms: now,
+        }
+    }
+
+    fn signal(key: &str, data: &str, now: i64, origin: Option<&str>) -> NewSignal {
+        NewSignal {
+            signal: "pay".into(),
+            key: key.into(),
+            data: data.into(),
+            now_ms: now,
+            keep_until_ms: now + 600,
+            origin: origin.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn signals_meet_waits_in_either_order_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for id in ["r1", "r2", "r3"] {
+            store.ingest(new_run(id, 100, None)).await.unwrap();
+        }
+        // Wait first, then the signal: delivered, and registering again says so.
+        assert_eq!(
+            store.register_wait(wait("r1", "k1", 0, 100)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .send_signal(signal("k1", "1", 200, None))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store.wait_signal("r1".into(), "w".into()).await.unwrap(),
+            Some(serde_json::json!(1))
+        );
+        assert_eq!(
+            store.register_wait(wait("r1", "k1", 0, 300)).await.unwrap(),
+            Some(serde_json::json!(1))
+        );
+        // Signal first: kept, then taken by the first wait in its lookback, and only by it.
+        assert_eq!(
+            store
+                .send_signal(signal("k2", "2", 400, None))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.kept_signals(450, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .register_wait(wait("r2", "k2", 390, 450))
+                .await
+                .unwrap(),
+            Some(serde_json::json!(2))
+        );
+        assert_eq!(
+            store
+                .register_wait(wait("r3", "k2", 390, 460))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(store.kept_signals(470, 10).await.unwrap().is_empty());
+        // A resend from the same origin counts once; a signal older than the lookback is
+        // not taken.
+        assert_eq!(
+            store
+                .send_signal(signal("k2", "3", 500, Some("run:tell")))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .send_signal(signal("k2", "3", 510, Some("run:tell")))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .send_signal(signal("k9", "9", 500, None))
+                .await
+                .unwrap(),
+            0
+        );
+        let mut late = wait("r1", "k9", 505, 520);
+        late.path = "w2".into();
+        assert_eq!(store.register_wait(late).await.unwrap(), None);
+        // Expired kept signals are purged.
+        assert!(store.purge_signals(2_000).await.unwrap() >= 1);
+        assert!(store.kept_signals(2_000, 10).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn duplicates_within_the_window_return_the_first_run_and_expire_after_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1341,6 +1595,7 @@ mod tests {
             rows: vec![step(path, seq, StepStatus::Succeeded)],
             update,
             now_ms: 600,
+            end_waits: Vec::new(),
         };
         store
             .write_step(write("old", "a", 0, RunUpdate::Continue))
@@ -1394,6 +1649,7 @@ mod tests {
                 error,
             },
             now_ms: 5,
+            end_waits: Vec::new(),
         };
         store.write_step(w).await.unwrap();
         let ids = store
