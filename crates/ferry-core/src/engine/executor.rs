@@ -545,10 +545,8 @@ impl Engine {
         }
         match &step.action {
             Action::Run(kind) => {
-                if cx.decided && kind.calls_out() {
-                    let rows = std::mem::take(&mut cx.pending);
-                    self.commit(cx, rows, RunUpdate::Continue).await?;
-                    cx.decided = false;
+                if kind.calls_out() {
+                    self.store_decision(cx).await?;
                 }
                 let result = self.attempt(cx, step, kind.as_ref(), &path, ctx).await;
                 self.outcome(cx, step, path, attempt, started, result, last)
@@ -658,11 +656,7 @@ impl Engine {
         };
         let total = items.len();
         // A decision waiting in `pending` is stored before any item calls out.
-        if cx.decided {
-            let rows = std::mem::take(&mut cx.pending);
-            self.commit(cx, rows, RunUpdate::Continue).await?;
-            cx.decided = false;
-        }
+        self.store_decision(cx).await?;
         // What the stored rows say about each item, taken out of the run's map in one pass.
         let prefix = format!("{}/", path.as_str());
         let mut by_item: HashMap<usize, HashMap<String, Prior>> = HashMap::new();
@@ -792,11 +786,7 @@ impl Engine {
     ) -> Result<Pass, crate::store::StoreError> {
         use futures::StreamExt;
 
-        if cx.decided {
-            let rows = std::mem::take(&mut cx.pending);
-            self.commit(cx, rows, RunUpdate::Continue).await?;
-            cx.decided = false;
-        }
+        self.store_decision(cx).await?;
         let mut running = futures::stream::FuturesUnordered::new();
         for (i, (name, steps)) in par.branches.iter().enumerate() {
             let prefix = path.arm(name);
@@ -1478,6 +1468,17 @@ impl Engine {
                 other => Ok(other),
             }
         })
+    }
+
+    /// Before a step with effects outside Ferry: a decision waiting in `pending` (a
+    /// `switch`'s arm) is stored first, so a resume cannot decide otherwise.
+    async fn store_decision(&self, cx: &mut RunCx) -> Result<(), crate::store::StoreError> {
+        if cx.decided {
+            let rows = std::mem::take(&mut cx.pending);
+            self.commit(cx, rows, RunUpdate::Continue).await?;
+            cx.decided = false;
+        }
+        Ok(())
     }
 
     /// After a step's outcome is recorded in `pending`: end the run (as succeeded) when

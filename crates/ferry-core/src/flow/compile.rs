@@ -731,15 +731,7 @@ fn compile_on_error(
                 );
                 return None;
             }
-            if cx.depth >= crate::flow::control::MAX_DEPTH {
-                cx.error(
-                    common.id.pos,
-                    format!(
-                        "steps nest more than {} levels deep here",
-                        crate::flow::control::MAX_DEPTH
-                    ),
-                    Some("move the inner part into a flow of its own".into()),
-                );
+            if too_deep(cx, common.id.pos) {
                 return None;
             }
             let saved = cx.steps_before.clone();
@@ -752,6 +744,20 @@ fn compile_on_error(
             (cx.diags.len() == before).then_some((OnError::Continue, Some(block)))
         }
     }
+}
+
+/// Reports nesting past [`crate::flow::control::MAX_DEPTH`] at `pos`; true when it is.
+fn too_deep(cx: &mut CompileCx, pos: Pos) -> bool {
+    let max = crate::flow::control::MAX_DEPTH;
+    if cx.depth < max {
+        return false;
+    }
+    cx.error(
+        pos,
+        format!("steps nest more than {max} levels deep here"),
+        Some("move the inner part into a flow of its own".into()),
+    );
+    true
 }
 
 /// A step of a control kind: its `if:` and common keys as for any step; `retry` and
@@ -781,15 +787,7 @@ fn compile_control(
             ok = false;
         }
     }
-    if cx.depth >= crate::flow::control::MAX_DEPTH {
-        cx.error(
-            kind_key.pos,
-            format!(
-                "steps nest more than {} levels deep here",
-                crate::flow::control::MAX_DEPTH
-            ),
-            Some("move the inner part into a flow of its own".into()),
-        );
+    if too_deep(cx, kind_key.pos) {
         return None;
     }
     cx.depth += 1;
