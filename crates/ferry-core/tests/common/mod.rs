@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 /// A loopback server: answers each path with the statuses scripted for it, in order, then 200,
 /// echoing a JSON request body (else `{"ok": true}`). Records every call.
 #[derive(Clone, Default)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     script: Arc<Mutex<HashMap<String, VecDeque<u16>>>>,
     calls: Arc<Mutex<Vec<String>>>,
     /// Every call: its path and `Idempotency-Key`.
@@ -17,7 +17,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub async fn start() -> (Upstream, String) {
+    pub(crate) async fn start() -> (Upstream, String) {
         let up = Upstream::default();
         let state = up.clone();
         let app =
@@ -57,7 +57,7 @@ impl Upstream {
         (up, url)
     }
 
-    pub fn script(&self, path: &str, statuses: &[u16]) {
+    pub(crate) fn script(&self, path: &str, statuses: &[u16]) {
         self.script
             .lock()
             .unwrap()
@@ -67,16 +67,16 @@ impl Upstream {
     }
 
     /// The `Idempotency-Key` of every call, in order.
-    pub fn keys(&self) -> Vec<(String, String)> {
+    pub(crate) fn keys(&self) -> Vec<(String, String)> {
         self.keys.lock().unwrap().clone()
     }
 
     /// How many calls were made, to any path.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.calls.lock().unwrap().len()
     }
 
-    pub fn calls(&self, path: &str) -> usize {
+    pub(crate) fn calls(&self, path: &str) -> usize {
         self.calls
             .lock()
             .unwrap()
@@ -86,7 +86,7 @@ impl Upstream {
     }
 }
 
-pub fn project(files: &[(&str, String)]) -> tempfile::TempDir {
+pub(crate) fn project(files: &[(&str, String)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("flows")).unwrap();
     std::fs::create_dir_all(dir.path().join("connections")).unwrap();
@@ -96,7 +96,7 @@ pub fn project(files: &[(&str, String)]) -> tempfile::TempDir {
     dir
 }
 
-pub fn step<'a>(
+pub(crate) fn step<'a>(
     run: &'a ferry_core::store::RunDetail,
     path: &str,
 ) -> &'a ferry_core::store::StepRow {
