@@ -14,7 +14,8 @@ use serde_json::{Value as Json, json};
 
 use super::Engine;
 use crate::flow::control::{
-    Arm, Control, Delay, Foreach, Items, Join, Parallel, SIGNAL_KEEP, Signal, Switch, Wait,
+    Arm, Call, Control, Delay, Foreach, Items, Join, MAX_CALL_DEPTH, Parallel, SIGNAL_KEEP, Signal,
+    Switch, Wait,
 };
 use crate::flow::model::OnError;
 use crate::flow::{Action, CompiledStep, Flow};
@@ -187,6 +188,8 @@ pub(crate) struct RunCx {
     /// Waits whose step ended (signalled or timed out), ended in the store with the next
     /// write.
     end_waits: Vec<String>,
+    /// The flow's `output:` once the run succeeded, stored with the final write.
+    output: Option<Json>,
 }
 
 impl RunCx {
@@ -239,6 +242,7 @@ impl RunCx {
             redaction,
             decided: false,
             end_waits: Vec::new(),
+            output: None,
         }
     }
 
@@ -419,6 +423,27 @@ impl Engine {
             Pass::Stop(outcome) => outcome,
             // Every step was already done (a resumed run whose final write was lost).
             Pass::Done | Pass::Paused => Outcome::succeed(),
+        };
+        let outcome = match (&outcome, &flow.output) {
+            (
+                Outcome::Finish {
+                    status: RunStatus::Succeeded,
+                    ..
+                },
+                Some(t),
+            ) => match t.render(&cx.outputs.val()) {
+                Ok(v) => {
+                    cx.output = Some(v);
+                    outcome
+                }
+                Err(e) => Outcome::Finish {
+                    status: RunStatus::Failed,
+                    error: Some(
+                        json!({"kind": "expression", "message": format!("in the flow's `output`: {}", e.message)}),
+                    ),
+                },
+            },
+            _ => outcome,
         };
         let rows = std::mem::take(&mut cx.pending);
         self.commit(cx, rows, update_of(outcome)).await
@@ -605,6 +630,9 @@ impl Engine {
             }
             Action::Control(Control::Delay(delay)) => {
                 self.delay(cx, step, path, delay, started, ctx, last).await
+            }
+            Action::Control(Control::Call(call)) => {
+                self.call(cx, step, path, call, started, ctx, last).await
             }
         }
     }
@@ -1258,6 +1286,224 @@ impl Engine {
         Ok(resumed)
     }
 
+    /// A `call`: starts the called flow's run (once: its id comes from this run and path),
+    /// then sleeps in the queue until that run's end wakes it (a `ferry:call` signal sent in
+    /// the transaction that ends the child), or the timeout. `wait: false` goes on at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        call: &Call,
+        started: i64,
+        ctx: jaq_json::Val,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        let now = self.clock.now_ms();
+        let (child, until_ms, started, ended) = match cx.prior.get(path.as_str()) {
+            Some(Prior::Waiting(row)) => {
+                let out = row.output.clone().unwrap_or(Json::Null);
+                let ended = self
+                    .store
+                    .wait_signal(cx.run_id.as_str().to_owned(), path.as_str().to_owned())
+                    .await?;
+                (
+                    out["run"].as_str().unwrap_or_default().to_owned(),
+                    out["until_ms"].as_i64().unwrap_or(now),
+                    row.started_at_ms,
+                    ended,
+                )
+            }
+            _ => {
+                let (child, event) = match self.child_event(cx, call, &path, &ctx).await {
+                    Ok(c) => c,
+                    Err(e) => return self.outcome(cx, step, path, 1, started, Err(e), last).await,
+                };
+                // Rows that only computed go first: starting the child is an effect.
+                if !cx.pending.is_empty() {
+                    let rows = std::mem::take(&mut cx.pending);
+                    self.commit(cx, rows, RunUpdate::Continue).await?;
+                    cx.decided = false;
+                }
+                let until_ms = now + call.timeout.as_millis() as i64;
+                let version = self
+                    .project
+                    .flow(&call.flow)
+                    .map(|f| f.version.clone())
+                    .unwrap_or_default();
+                let state = self
+                    .store
+                    .start_child(crate::store::NewChild {
+                        id: child.clone(),
+                        flow: call.flow.clone(),
+                        flow_version: version,
+                        event: event.to_string(),
+                        now_ms: now,
+                        parent_run: cx.run_id.as_str().to_owned(),
+                        parent_path: path.as_str().to_owned(),
+                        wait_until_ms: call.wait.then_some(until_ms),
+                    })
+                    .await?;
+                self.wake();
+                if !call.wait {
+                    let out = StepOutput {
+                        value: json!({ "run": child, "flow": call.flow }),
+                        ..Default::default()
+                    };
+                    let pass = self
+                        .outcome(cx, step, path, 1, started, Ok(out), last)
+                        .await?;
+                    if matches!(pass, Pass::Done) {
+                        let rows = std::mem::take(&mut cx.pending);
+                        self.commit(cx, rows, RunUpdate::Continue).await?;
+                    }
+                    return Ok(pass);
+                }
+                let ended = match state {
+                    crate::store::ChildState::Ended(end) => Some(end),
+                    crate::store::ChildState::Running => None,
+                };
+                (child, until_ms, started, ended)
+            }
+        };
+        if let Some(end) = ended {
+            cx.end_waits.push(path.as_str().to_owned());
+            let result = match end["status"].as_str() {
+                Some("succeeded") => Ok(StepOutput {
+                    value: end["output"].clone(),
+                    ..Default::default()
+                }),
+                status => {
+                    let why = end["error"]["message"]
+                        .as_str()
+                        .unwrap_or("no error recorded");
+                    Err(StepError::new(
+                        ErrorKind::Child,
+                        format!(
+                            "run {child} of flow `{}` {}: {why}",
+                            call.flow,
+                            status.unwrap_or("ended")
+                        ),
+                    ))
+                }
+            };
+            let pass = self
+                .outcome(cx, step, path, 1, started, result, last)
+                .await?;
+            if matches!(pass, Pass::Done) {
+                let rows = std::mem::take(&mut cx.pending);
+                self.commit(cx, rows, RunUpdate::Continue).await?;
+            }
+            return Ok(pass);
+        }
+        if now >= until_ms {
+            cx.end_waits.push(path.as_str().to_owned());
+            let e = StepError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "run {child} of flow `{}` did not end within {}",
+                    call.flow,
+                    humantime::format_duration(call.timeout)
+                ),
+            );
+            return self.outcome(cx, step, path, 1, started, Err(e), last).await;
+        }
+        let output = json!({
+            "run": child,
+            "flow": call.flow,
+            "until": crate::util::rfc3339(until_ms),
+            "until_ms": until_ms,
+        });
+        let row = StepRow {
+            output: Some(output),
+            ..row(
+                &path,
+                step,
+                StepStatus::Waiting,
+                0,
+                started,
+                now,
+                None,
+                None,
+            )
+        };
+        self.report(cx, step, &row, Some(until_ms - now));
+        cx.prior.insert(path.0.clone(), Prior::Waiting(row.clone()));
+        cx.pending.push(row);
+        self.note_due(until_ms);
+        Ok(Pass::Stop(Outcome::WaitUntil { at_ms: until_ms }))
+    }
+
+    /// The called run's id and event: `.event.body` is the input (checked against the
+    /// called flow's input schema), `.event.parent` says who called, and how deep.
+    async fn child_event(
+        &self,
+        cx: &RunCx,
+        call: &Call,
+        path: &StepPath,
+        ctx: &jaq_json::Val,
+    ) -> Result<(String, Json), StepError> {
+        let Some(callee) = self.project.flow(&call.flow) else {
+            return Err(StepError::new(
+                ErrorKind::Config,
+                format!("flow `{}` is not loaded on this node", call.flow),
+            ));
+        };
+        let input = match &call.input {
+            Some(t) => t.render(ctx).map_err(|e| {
+                StepError::new(ErrorKind::Expression, format!("in `input`: {}", e.message))
+            })?,
+            None => Json::Null,
+        };
+        if let crate::flow::Trigger::Flow(t) = &callee.trigger
+            && let Some(schema) = &t.input
+        {
+            let wrong: Vec<String> = schema
+                .iter_errors(&input)
+                .take(5)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("at {at}: {e}")
+                    }
+                })
+                .collect();
+            if !wrong.is_empty() {
+                return Err(StepError::new(
+                    ErrorKind::Input,
+                    format!(
+                        "the input does not match flow `{}`'s input schema: {}",
+                        call.flow,
+                        wrong.join("; ")
+                    ),
+                ));
+            }
+        }
+        let depth = cx.outputs.event_json()["parent"]["depth"]
+            .as_u64()
+            .unwrap_or(0)
+            + 1;
+        if depth > u64::from(MAX_CALL_DEPTH) {
+            return Err(StepError::new(
+                ErrorKind::Child,
+                format!(
+                    "calls nest deeper than {MAX_CALL_DEPTH}: not calling flow `{}`",
+                    call.flow
+                ),
+            ));
+        }
+        let child = child_id(&cx.run_id, path);
+        let event = json!({
+            "body": input,
+            "parent": { "run": cx.run_id.as_str(), "step": path.as_str(), "depth": depth },
+            "received_at": crate::util::rfc3339(self.clock.now_ms()),
+        });
+        Ok((child, event))
+    }
+
     /// When a `delay` that starts `now` ends.
     async fn delay_until(
         &self,
@@ -1535,12 +1781,18 @@ impl Engine {
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
         let end_waits = std::mem::take(&mut cx.end_waits);
+        let output = if matches!(update, RunUpdate::Finish { .. }) {
+            cx.output.take()
+        } else {
+            None
+        };
         self.commit_waits(
             cx.run_id.as_str(),
             cx.redaction.as_deref(),
             rows,
             update,
             end_waits,
+            output,
         )
         .await
     }
@@ -1552,7 +1804,7 @@ impl Engine {
         rows: Vec<StepRow>,
         update: RunUpdate,
     ) -> Result<(), crate::store::StoreError> {
-        self.commit_waits(run_id, redaction, rows, update, Vec::new())
+        self.commit_waits(run_id, redaction, rows, update, Vec::new(), None)
             .await
     }
 
@@ -1563,10 +1815,17 @@ impl Engine {
         rows: Vec<StepRow>,
         update: RunUpdate,
         end_waits: Vec<String>,
+        mut output: Option<Json>,
     ) -> Result<(), crate::store::StoreError> {
         // Secrets never reach the store.
         let (mut rows, mut update) = (rows, update);
         self.mask(redaction, &mut rows, &mut update);
+        if let Some(o) = &mut output {
+            if let Some(r) = redaction {
+                crate::redact::scrub_values(&r.values, o);
+            }
+            self.secrets.scrub_json(o);
+        }
         let succeeded = update.succeeded();
         let write = StepWrite {
             run_id: run_id.to_owned(),
@@ -1575,6 +1834,7 @@ impl Engine {
             update,
             now_ms: self.clock.now_ms(),
             end_waits,
+            output,
         };
         self.store.write_step(write).await?;
         // The event was needed until now (a retry or a crash re-reads it); once the run has
@@ -1665,6 +1925,27 @@ fn adopt_branches(cx: &mut RunCx, par: &Parallel, path: &StepPath) {
 }
 
 /// A signal's key, rendered: a string as is, a number or boolean as its JSON text.
+/// The id of the run a `call` at `path` of run `parent` starts: a UUIDv7 with the parent's
+/// time (so it sorts beside it) and bits from a hash of both, the same on every attempt,
+/// replay and node.
+fn child_id(parent: &RunId, path: &StepPath) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{}/{}", parent.as_str(), path.as_str()).as_bytes());
+    let ms = uuid::Uuid::parse_str(parent.as_str())
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map(|t| {
+            let (s, n) = t.to_unix();
+            s * 1000 + u64::from(n) / 1_000_000
+        })
+        .unwrap_or(0);
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes)
+        .into_uuid()
+        .to_string()
+}
+
 fn signal_key(t: &crate::expr::Template, ctx: &jaq_json::Val) -> Result<String, StepError> {
     let v = t
         .render(ctx)

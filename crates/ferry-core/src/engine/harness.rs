@@ -108,7 +108,19 @@ impl Harness {
         // dispatcher has not claimed yet; the second look sees it.
         let mut idle_looks = 0;
         loop {
+            // A run claimed but not yet spawned is `running` in the store with no task yet.
+            let running = self
+                .engine
+                .store
+                .list_runs(crate::store::RunFilter {
+                    statuses: vec![crate::store::RunStatus::Running],
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("the store failed: {e}"));
             let idle = self.engine.tasks.is_empty()
+                && running.is_empty()
                 && match self.engine.store.next_due().await {
                     Ok(Some(at)) => at > self.clock_now(),
                     Ok(None) => true,

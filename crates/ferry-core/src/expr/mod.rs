@@ -566,6 +566,11 @@ impl RunContext {
         self.error = error.map_or(Val::Null, json_to_val);
     }
 
+    /// `.event` as JSON.
+    pub fn event_json(&self) -> serde_json::Value {
+        val_to_json(&self.event)
+    }
+
     /// `.steps.<id>` as recorded, if it is.
     pub fn step(&self, id: &str) -> Option<serde_json::Value> {
         self.steps.get(&key(id)).map(val_to_json)

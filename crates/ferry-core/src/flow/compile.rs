@@ -16,6 +16,7 @@ use super::node::{Key, Node, Value};
 use crate::connection::{Connection, RetryPolicy};
 use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
 use crate::expr::Expr;
+use crate::flow::control::Control;
 use crate::step::{CompileCx, STEPS, Step, kinds};
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +40,8 @@ pub struct Flow {
     /// What the flow's expressions can read of `.event`: a webhook builds only that part of
     /// an event as jq values (see `expr::Reads`).
     pub event_reads: crate::expr::Reads,
+    /// `output:`: what a run returns to the `call` step that started it.
+    pub output: Option<crate::expr::Template>,
 }
 
 /// Payloads of finished runs are kept this long unless a flow says otherwise.
@@ -77,8 +80,16 @@ impl Flow {
     pub fn webhook(&self) -> Option<&Webhook> {
         match &self.trigger {
             Trigger::Webhook(w) => Some(w),
-            Trigger::Manual => None,
+            Trigger::Manual | Trigger::Flow(_) => None,
         }
+    }
+
+    /// The `call` steps of the flow: the flows it calls.
+    pub fn calls(&self) -> impl Iterator<Item = &crate::flow::control::Call> {
+        self.walk().filter_map(|s| match &s.action {
+            Action::Control(Control::Call(c)) => Some(c),
+            _ => None,
+        })
     }
 }
 
@@ -99,6 +110,13 @@ fn walk_into<'a>(steps: &'a [CompiledStep], out: &mut Vec<&'a CompiledStep>) {
 pub enum Trigger {
     Webhook(Webhook),
     Manual,
+    /// Started by a `call` step of another flow.
+    Flow(FlowTrigger),
+}
+
+pub struct FlowTrigger {
+    /// `input:`, compiled: the schema a caller's input must match.
+    pub input: Option<Arc<jsonschema::Validator>>,
 }
 
 pub struct Webhook {
@@ -401,6 +419,10 @@ pub(crate) fn compile_flow(
             ),
         }
     }
+    let output = match &config.output {
+        Some(n) => cx.template(n),
+        None => None,
+    };
     let event_reads = cx.reads.get("event").cloned().unwrap_or_default();
     if diags.len() > before {
         return None;
@@ -418,6 +440,7 @@ pub(crate) fn compile_flow(
             redact_steps,
             retention: config.retention.map(|d| d.0).unwrap_or(DEFAULT_RETENTION),
             event_reads,
+            output,
         },
         config.id.pos,
     ))
@@ -431,6 +454,25 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
     let config: TriggerConfig = cx.parse(node)?;
     match config {
         TriggerConfig::Manual(_) => Some(Trigger::Manual),
+        TriggerConfig::Flow(f) => {
+            let input = match &f.input {
+                Some(schema) => {
+                    match jsonschema::validator_for(&schema.value) {
+                        Ok(v) => Some(Arc::new(v)),
+                        Err(e) => {
+                            cx.error(
+                            schema.pos,
+                            format!("invalid input schema: {e}"),
+                            Some("a JSON Schema, e.g. `input: { type: object, required: [email] }`".into()),
+                        );
+                            return None;
+                        }
+                    }
+                }
+                None => None,
+            };
+            Some(Trigger::Flow(FlowTrigger { input }))
+        }
         TriggerConfig::Webhook(w) => {
             let path = w.path.value.trim().to_owned();
             let mut ok = true;
@@ -877,7 +919,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -935,17 +977,17 @@ extra: 1
 ";
         insta::assert_snapshot!(errors(flow), @r#"
         f.yaml:2:1: error: unknown key `descripton`
-          hint: did you mean `description`? allowed: id, description, trigger, steps, redact, retention
+          hint: did you mean `description`? allowed: id, description, trigger, steps, redact, retention, output
         f.yaml:3:12: error: invalid duration `banana` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
           hint: a flow file has `id`, `trigger` and `steps`; see docs/flows.md
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
-          hint: allowed: id, description, trigger, steps, redact, retention
+          hint: allowed: id, description, trigger, steps, redact, retention, output
         "#);
         insta::assert_snapshot!(errors("id: f\ntrigger: { manual: {} }\nsteps: 3\n"), @r"
         f.yaml:3:8: error: expected a sequence, found integer `3`
@@ -1080,7 +1122,7 @@ steps:
         f.yaml:11:37: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         f.yaml:12:29: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
         f.yaml:13:43: error: reference to unknown step `later`
           hint: step `later` runs later; a step can only read the results of steps before it
         f.yaml:15:13: error: the short form of a switch needs `if` and `then`

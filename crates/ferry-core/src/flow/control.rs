@@ -140,6 +140,23 @@ pub const CONTROLS: &[ControlDef] = &[
         },
     },
     ControlDef {
+        kind: "call",
+        summary: "run another flow (one with a `flow` trigger) as a run of its own; its `output` is the step's result",
+        schema: |_| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["flow"],
+                "properties": {
+                    "flow": {"type": "string", "description": "The id of the flow to run; it has `trigger: { flow: {} }`."},
+                    "input": {"description": "Its `.event.body` (a template); default `null`."},
+                    "wait": {"type": "boolean", "description": "Wait for the called run to end (default `true`); `false` starts it and goes on."},
+                    "timeout": {"$ref": "#/$defs/Duration"},
+                }
+            })
+        },
+    },
+    ControlDef {
         kind: "delay",
         summary: "sleep (durably, in the queue) for a duration or until a time",
         schema: |_| {
@@ -159,6 +176,23 @@ pub enum Control {
     Wait(Wait),
     Signal(Signal),
     Delay(Delay),
+    Call(Call),
+}
+
+/// Calls nest at most this deep at run time (a run started by a `call` in a run started by a
+/// `call` is depth 2); cycles that can be seen in the files are refused when they load.
+pub const MAX_CALL_DEPTH: u32 = 16;
+/// How long a `call` waits for the run it started, by default.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct Call {
+    /// The called flow's id.
+    pub flow: String,
+    pub input: Option<crate::expr::Template>,
+    pub wait: bool,
+    pub timeout: Duration,
+    /// Where `flow:` is written, for the checks across files.
+    pub pos: Pos,
 }
 
 /// How long a signal that no wait took is kept, and the longest `lookback`.
@@ -322,7 +356,9 @@ impl Control {
                 .collect(),
             Control::Foreach(f) => vec![f.steps.as_slice()],
             Control::Parallel(p) => p.branches.iter().map(|(_, b)| b.as_slice()).collect(),
-            Control::Delay(_) | Control::Wait(_) | Control::Signal(_) => Vec::new(),
+            Control::Delay(_) | Control::Wait(_) | Control::Signal(_) | Control::Call(_) => {
+                Vec::new()
+            }
         }
     }
 }
@@ -345,6 +381,7 @@ pub(crate) fn compile(
         "wait" => compile_wait(node, cx).map(|w| ("wait", Control::Wait(w))),
         "signal" => compile_signal(node, cx).map(|w| ("signal", Control::Signal(w))),
         "delay" => compile_delay(node, cx).map(|d| ("delay", Control::Delay(d))),
+        "call" => compile_call(node, cx).map(|c| ("call", Control::Call(c))),
         other => unreachable!("not a control kind: {other}"),
     }
 }
@@ -827,4 +864,53 @@ fn compile_delay(node: &Node, cx: &mut CompileCx) -> Option<Delay> {
         return None;
     }
     Some(Delay::For(d.0))
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CallConfig {
+    flow: Spanned<String>,
+    #[serde(default)]
+    input: Option<Node>,
+    #[serde(default)]
+    wait: Option<bool>,
+    #[serde(default)]
+    timeout: Option<Spanned<Dur>>,
+}
+
+/// The called flow is looked up once every file is loaded (`load::check_calls`).
+fn compile_call(node: &Node, cx: &mut CompileCx) -> Option<Call> {
+    let c: CallConfig = cx.parse(node)?;
+    let input = match &c.input {
+        Some(n) => Some(cx.template(n)?),
+        None => None,
+    };
+    let timeout = match &c.timeout {
+        None => DEFAULT_CALL_TIMEOUT,
+        Some(t) if t.value.0 >= MIN_DELAY && t.value.0 <= MAX_DELAY => t.value.0,
+        Some(t) => {
+            cx.error(
+                t.pos,
+                "a call's `timeout` is from 1s to 1 year",
+                Some("how long to wait for the called run, e.g. `timeout: 1h` (default 7d)".into()),
+            );
+            return None;
+        }
+    };
+    let wait = c.wait.unwrap_or(true);
+    if !wait && c.timeout.is_some() {
+        cx.error(
+            node.pos,
+            "`timeout` means nothing with `wait: false`",
+            Some("the step does not wait for the called run; remove `timeout`".into()),
+        );
+        return None;
+    }
+    Some(Call {
+        flow: c.flow.value.trim().to_owned(),
+        input,
+        wait,
+        timeout,
+        pos: c.flow.pos,
+    })
 }

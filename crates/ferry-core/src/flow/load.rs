@@ -60,11 +60,20 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            p.is_file()
+                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                && !is_test_file(p)
         })
         .collect();
     out.sort();
     out
+}
+
+/// `NAME.test.yaml`: the cases `ferry test` runs for the flow in `NAME.yaml`, not a flow.
+pub fn is_test_file(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".test.yaml") || n.ends_with(".test.yml"))
 }
 
 fn shown(p: &Path) -> String {
@@ -144,7 +153,11 @@ pub fn validate_paths(paths: &[PathBuf]) -> Diagnostics {
             files.entry(p).or_insert(Kind::Connection);
         }
     }
-    if let Err(d) = compile_files(files) {
+    // A flow checked alone may call the flows beside it: they are loaded so the call
+    // resolves, and their own errors are not this check's.
+    let context = context_flows(&mut files);
+    if let Err(mut d) = compile_files(files) {
+        d.0.retain(|d| !context.contains(&d.file));
         diags.extend(d);
     }
     diags.sort();
@@ -191,6 +204,8 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
     let mut broken_connections: Vec<String> = Vec::new();
     let mut flow_files: HashMap<String, String> = HashMap::new();
     let mut webhook_paths: HashMap<String, String> = HashMap::new();
+    // Ids of flow files that have errors: a `call` naming one is not told it is unknown.
+    let mut broken_flows: Vec<String> = Vec::new();
     for (kind, src) in &sources {
         let node = match parse_yaml(&src.text) {
             Ok(n) => n,
@@ -258,15 +273,98 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
                         }
                     }
                     project.flows.push(Arc::new(flow));
+                } else if let Some(id) = node.get("id").and_then(|n| n.as_str()) {
+                    broken_flows.push(id.to_owned());
                 }
             }
         }
     }
+    check_calls(&project, &broken_flows, &mut diags);
     if diags.is_empty() {
         Ok(project)
     } else {
         diags.sort();
         Err(diags)
+    }
+}
+
+/// Every `call` names a loaded flow with a `flow` trigger, and no flow calls itself, directly
+/// or through others (a cycle seen here would only end at the run-time depth limit).
+fn check_calls(project: &Project, broken_flows: &[String], diags: &mut Diagnostics) {
+    use super::compile::Trigger;
+    for flow in &project.flows {
+        for call in flow.calls() {
+            match project.flow(&call.flow) {
+                Some(callee) if matches!(callee.trigger, Trigger::Flow(_)) => {}
+                Some(callee) => diags.push(
+                    Diagnostic::new(
+                        &flow.file,
+                        call.pos,
+                        format!("flow `{}` cannot be called: its trigger is not `flow`", call.flow),
+                    )
+                    .hint(format!(
+                        "give {} `trigger: {{ flow: {{}} }}` (its input is `.event.body`, its `output:` the result)",
+                        callee.file
+                    )),
+                ),
+                None if broken_flows.contains(&call.flow) => {}
+                None => {
+                    let known: Vec<&str> = project.flows.iter().map(|f| f.id.as_str()).collect();
+                    let mut d = Diagnostic::new(
+                        &flow.file,
+                        call.pos,
+                        format!("no flow `{}` to call", call.flow),
+                    );
+                    d = match crate::diag::did_you_mean(&call.flow, known.iter().copied()) {
+                        Some(s) => d.hint(format!("did you mean `{s}`?")),
+                        None => d.hint("the id of a flow in the project with `trigger: { flow: {} }`"),
+                    };
+                    diags.push(d);
+                }
+            }
+        }
+    }
+    // Cycles: a depth-first walk from every flow; a call back to a flow on the walk's path
+    // is reported at that call, with the path.
+    fn visit<'a>(
+        project: &'a Project,
+        id: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::HashSet<&'a str>,
+        diags: &mut Diagnostics,
+    ) {
+        if done.contains(id) {
+            return;
+        }
+        let Some(flow) = project.flow(id) else {
+            return;
+        };
+        path.push(id);
+        for call in flow.calls() {
+            if let Some(at) = path.iter().position(|p| *p == call.flow) {
+                let cycle: Vec<&str> = path[at..]
+                    .iter()
+                    .copied()
+                    .chain([call.flow.as_str()])
+                    .collect();
+                diags.push(
+                    Diagnostic::new(
+                        &flow.file,
+                        call.pos,
+                        format!("flows call each other in a cycle: {}", cycle.join(" → ")),
+                    )
+                    .hint("a called flow must not call back into its callers; move the shared steps into a flow of their own"),
+                );
+            } else {
+                visit(project, &call.flow, path, done, diags);
+            }
+        }
+        path.pop();
+        done.insert(id);
+    }
+    let mut done = std::collections::HashSet::new();
+    for flow in &project.flows {
+        visit(project, &flow.id, &mut Vec::new(), &mut done, diags);
     }
 }
 
@@ -277,7 +375,32 @@ pub fn load_files(flow: &Path, conns_dir: &Path) -> Result<Project, Diagnostics>
     for p in yaml_files(conns_dir) {
         files.insert(p, Kind::Connection);
     }
-    compile_files(files)
+    let context = context_flows(&mut files);
+    compile_files(files).map_err(|mut d| {
+        d.0.retain(|d| !context.contains(&d.file));
+        d
+    })
+}
+
+/// Adds the flow files beside each single flow file in `files` (the flows it may `call`),
+/// returning their shown names. Test files (`NAME.test.yaml`) are not flows.
+fn context_flows(files: &mut BTreeMap<PathBuf, Kind>) -> std::collections::HashSet<String> {
+    let dirs: std::collections::BTreeSet<PathBuf> = files
+        .iter()
+        .filter(|(_, k)| **k == Kind::Flow)
+        .filter(|(p, _)| std::fs::read_to_string(p).is_ok_and(|t| t.contains("call:")))
+        .filter_map(|(p, _)| p.parent().map(Path::to_path_buf))
+        .collect();
+    let mut added = std::collections::HashSet::new();
+    for dir in dirs {
+        for p in yaml_files(&dir) {
+            if !files.contains_key(&p) && kind_of(&p) == Kind::Flow {
+                added.insert(shown(&p));
+                files.insert(p, Kind::Flow);
+            }
+        }
+    }
+    added
 }
 
 /// Checks one file's text as a flow (or, when it has a top-level `base_url:`, a

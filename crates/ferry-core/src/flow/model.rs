@@ -102,7 +102,7 @@ pub struct FlowConfig {
     /// What the flow is for, for people reading it.
     #[serde(default)]
     pub description: Option<String>,
-    /// What starts a run: exactly one of `webhook`, `manual`.
+    /// What starts a run: exactly one of `webhook`, `manual`, `flow`.
     pub trigger: Node,
     /// The steps, run in order. Each has an `id` and exactly one kind key (`http`, `map`, …).
     pub steps: Vec<Node>,
@@ -115,6 +115,10 @@ pub struct FlowConfig {
     /// and step records are deleted, the run's status and times stay.
     #[serde(default)]
     pub retention: Option<Dur>,
+    /// What a run of the flow returns to a `call` step: a template over the run's context
+    /// (`.event`, `.steps`), evaluated when it succeeds. Default: `null`.
+    #[serde(default)]
+    pub output: Option<Node>,
 }
 
 /// What starts a run of the flow.
@@ -125,6 +129,18 @@ pub enum TriggerConfig {
     Webhook(WebhookConfig),
     /// Started through the API (`POST /api/v1/flows/{id}/runs`) or `ferry run`.
     Manual(ManualConfig),
+    /// Called by another flow's `call` step (or started like a manual flow): the input is
+    /// `.event.body`, and the flow's `output:` is what the caller gets.
+    Flow(FlowTriggerConfig),
+}
+
+#[derive(Deserialize, JsonSchema, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTriggerConfig {
+    /// A JSON Schema the input must match: a `call` whose input does not fails before the
+    /// flow starts (kind `input`), naming what is wrong.
+    #[serde(default)]
+    pub input: Option<Spanned<serde_json::Value>>,
 }
 
 #[derive(Deserialize, JsonSchema, Debug)]

@@ -223,6 +223,11 @@ pub enum ErrorKind {
     Items { retryable: bool },
     /// Branches of a `parallel` failed (as its `join` counts them); retryable as `Items`.
     Branches { retryable: bool },
+    /// A `call`'s input does not match the called flow's input schema.
+    Input,
+    /// The run a `call` started failed (its error is in the message), or calls nest too
+    /// deep.
+    Child,
 }
 
 #[derive(Debug, Clone)]
@@ -258,7 +263,11 @@ impl StepError {
                 matches!(s, 408 | 409 | 425 | 429) || s >= 500 || policy.on_status.contains(&s)
             }
             ErrorKind::Network | ErrorKind::Timeout => true,
-            ErrorKind::BadResponse | ErrorKind::Expression | ErrorKind::Config => false,
+            ErrorKind::BadResponse
+            | ErrorKind::Expression
+            | ErrorKind::Config
+            | ErrorKind::Input
+            | ErrorKind::Child => false,
             ErrorKind::Fault { retryable }
             | ErrorKind::Items { retryable }
             | ErrorKind::Branches { retryable } => retryable,
@@ -285,6 +294,8 @@ impl StepError {
             ErrorKind::Fault { .. } => "fault",
             ErrorKind::Items { .. } => "items",
             ErrorKind::Branches { .. } => "branches",
+            ErrorKind::Input => "input",
+            ErrorKind::Child => "child",
         }
     }
 }

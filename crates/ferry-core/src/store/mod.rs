@@ -222,6 +222,38 @@ pub struct StepWrite {
     /// Waits of this run that end with this write (their step succeeded or timed out), by
     /// path. A finished run's waits all end.
     pub end_waits: Vec<String>,
+    /// What the run returns to its caller (`output:`), with a `Finish`.
+    pub output: Option<Json>,
+}
+
+/// The signal name that wakes a run waiting in a `call` step (keyed by the called run's id).
+/// Users' signal names cannot contain `:`, so none can collide with it.
+pub const CALL_SIGNAL: &str = "ferry:call";
+
+/// A `call` step starting (or finding) the run it calls.
+#[derive(Debug, Clone)]
+pub struct NewChild {
+    /// Derived from the caller's run and step path: the same call never starts two runs.
+    pub id: String,
+    pub flow: String,
+    pub flow_version: String,
+    pub event: String,
+    pub now_ms: i64,
+    pub parent_run: String,
+    pub parent_path: String,
+    /// The caller waits (until then) for the child's end: a wait for [`CALL_SIGNAL`] is
+    /// registered with the child, in one transaction. `None`: `wait: false`.
+    pub wait_until_ms: Option<i64>,
+}
+
+/// What a `call` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChildState {
+    /// Started now, or started earlier and not ended yet (or failed earlier and queued again
+    /// from its failed step, for a caller that reaches the call again on a replay).
+    Running,
+    /// Ended already: `{"status", "output", "error"}`, what the wake-up signal carries.
+    Ended(Json),
 }
 
 /// A `wait` step registering: the signal it waits for, and until when.
@@ -359,6 +391,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets kept signals past their time, and delivered ones whose waits have ended.
     fn purge_signals(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
+    /// Starts the run a `call` step calls, once per id; with [`NewChild::wait_until_ms`],
+    /// also registers the caller's wait for its end. A child that ended already answers
+    /// its end; one that failed or is dead is queued again from its failed step.
+    fn start_child(&self, child: NewChild) -> BoxFuture<'_, Result<ChildState>>;
     /// A cheap read that proves the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<()>>;
 

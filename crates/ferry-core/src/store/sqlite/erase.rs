@@ -268,6 +268,7 @@ mod tests {
                 update,
                 now_ms: 3,
                 end_waits: Vec::new(),
+                output: None,
             };
             store
                 .write_step(write(

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_trust.sql"),
     include_str!("migrations/0003_purged.sql"),
     include_str!("migrations/0004_signals.sql"),
+    include_str!("migrations/0005_calls.sql"),
 ];
 
 pub struct SqliteStore {
@@ -600,6 +601,7 @@ struct StepWriteText {
     update: RunUpdate,
     error: Option<String>,
     end_waits: Vec<String>,
+    output: Option<String>,
 }
 
 struct RowText {
@@ -651,6 +653,7 @@ impl StepWriteText {
             now_ms: w.now_ms,
             update: w.update,
             end_waits: w.end_waits,
+            output: w.output.as_ref().map(Json::to_string),
         }
     }
 }
@@ -818,12 +821,118 @@ fn write_step(c: &Connection, w: &StepWriteText) -> Result<()> {
         }
         RunUpdate::Finish { status, .. } => {
             c.prepare_cached(
-                "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+                "UPDATE runs SET status = ?2, error = ?3, updated_at = ?4, lease_owner = NULL, lease_until = NULL,
+                   output = ?5 WHERE id = ?1",
             )?
-            .execute(params![w.run_id, status.as_str(), w.error, w.now_ms])?;
+            .execute(params![w.run_id, status.as_str(), w.error, w.now_ms, w.output])?;
+            // A called run's end wakes its caller, in this transaction: a crash cannot end
+            // the child and leave the caller asleep.
+            let parent: Option<String> = c
+                .prepare_cached("SELECT parent_run FROM runs WHERE id = ?1")?
+                .query_row([&w.run_id], |r| r.get(0))?;
+            if parent.is_some() {
+                let (data, attempt) = child_end(c, &w.run_id)?;
+                send_signal(
+                    c,
+                    &NewSignal {
+                        signal: CALL_SIGNAL.into(),
+                        key: w.run_id.clone(),
+                        data: data.to_string(),
+                        now_ms: w.now_ms,
+                        keep_until_ms: w.now_ms
+                            + crate::flow::control::SIGNAL_KEEP.as_millis() as i64,
+                        origin: Some(format!("call:{}:{attempt}", w.run_id)),
+                    },
+                )?;
+            }
         }
     }
     Ok(())
+}
+
+/// How a called run ended, as its caller gets it, and its attempt.
+fn child_end(c: &Connection, id: &str) -> Result<(Json, i64)> {
+    let (status, output, error, attempt): (String, Option<String>, Option<String>, i64) = c
+        .prepare_cached("SELECT status, output, error, attempt FROM runs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let parse = |t: Option<String>| {
+        t.map(|t| serde_json::from_str(&t).unwrap_or(Json::Null))
+            .unwrap_or(Json::Null)
+    };
+    Ok((
+        serde_json::json!({ "run": id, "status": status, "output": parse(output), "error": parse(error) }),
+        attempt,
+    ))
+}
+
+fn start_child(c: &Connection, child: &NewChild) -> Result<ChildState> {
+    let status: Option<String> = c
+        .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+        .query_row([&child.id], |r| r.get(0))
+        .optional()?;
+    match status.as_deref().and_then(RunStatus::parse) {
+        None => {
+            let (parent_run, parent_path) = match child.wait_until_ms {
+                Some(_) => (Some(&child.parent_run), Some(&child.parent_path)),
+                None => (None, None),
+            };
+            c.prepare_cached(
+                "INSERT INTO runs (id, flow, flow_version, status, attempt, event, created_at, updated_at, next_at,
+                                   parent_run, parent_path)
+                 VALUES (?1, ?2, ?3, 'queued', 1, ?4, ?5, ?5, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                child.id,
+                child.flow,
+                child.flow_version,
+                child.event,
+                child.now_ms,
+                parent_run,
+                parent_path
+            ])?;
+        }
+        Some(RunStatus::Succeeded) => return Ok(ChildState::Ended(child_end(c, &child.id)?.0)),
+        Some(RunStatus::Failed | RunStatus::Dead) if child.wait_until_ms.is_some() => {
+            // The caller reached the call again (it was replayed): so is the child, from
+            // its failed step, instead of failing the caller again with the old error.
+            match replay(
+                c,
+                &ReplaySelect::One(child.id.clone()),
+                ReplayFrom::Failed,
+                child.now_ms,
+            ) {
+                Ok(_) => {}
+                // Its payload is gone (retention, erase): it stays as it ended.
+                Err(StoreError::Conflict(_)) => {
+                    return Ok(ChildState::Ended(child_end(c, &child.id)?.0));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Some(status) if status.is_final() => {
+            return Ok(ChildState::Ended(child_end(c, &child.id)?.0));
+        }
+        Some(_) => {}
+    }
+    if let Some(until_ms) = child.wait_until_ms {
+        c.prepare_cached("UPDATE runs SET parent_run = ?2, parent_path = ?3 WHERE id = ?1")?
+            .execute(params![child.id, child.parent_run, child.parent_path])?;
+        // A fresh wait: an earlier one (before a replay) was taken or ended.
+        c.prepare_cached("DELETE FROM waits WHERE run_id = ?1 AND path = ?2")?
+            .execute(params![child.parent_run, child.parent_path])?;
+        c.prepare_cached(
+            "INSERT INTO waits (run_id, path, signal, key, until, signal_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+        )?
+        .execute(params![
+            child.parent_run,
+            child.parent_path,
+            CALL_SIGNAL,
+            child.id,
+            until_ms,
+            child.now_ms
+        ])?;
+    }
+    Ok(ChildState::Running)
 }
 
 fn filter_sql(f: &RunFilter, dead_only: bool) -> (String, Vec<rusqlite::types::Value>) {
@@ -1065,6 +1174,10 @@ impl Store for SqliteStore {
 
     fn send_signal(&self, signal: NewSignal) -> BoxFuture<'_, Result<u64>> {
         self.send(move |c| send_signal(c, &signal), false)
+    }
+
+    fn start_child(&self, child: NewChild) -> BoxFuture<'_, Result<ChildState>> {
+        self.send(move |c| start_child(c, &child), false)
     }
 
     fn wait_signal(&self, run_id: String, path: String) -> BoxFuture<'_, Result<Option<Json>>> {
@@ -1423,6 +1536,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_child_starts_once_and_its_end_wakes_the_caller_in_the_same_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.ingest(new_run("parent", 0, None)).await.unwrap();
+        let child = |now| NewChild {
+            id: "child".into(),
+            flow: "g".into(),
+            flow_version: "v1".into(),
+            event: r#"{"body":1}"#.into(),
+            now_ms: now,
+            parent_run: "parent".into(),
+            parent_path: "c".into(),
+            wait_until_ms: Some(1_000_000),
+        };
+        assert_eq!(
+            store.start_child(child(1)).await.unwrap(),
+            ChildState::Running
+        );
+        // Again (a retry or a replay of the caller): the same run, not a second one.
+        assert_eq!(
+            store.start_child(child(2)).await.unwrap(),
+            ChildState::Running
+        );
+        let all = store
+            .list_runs(RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        // The parent sleeps until its wait's end; the child runs and succeeds.
+        let claimed = store.claim("w", 10, 1_000, 3).await.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+        assert!(ids.contains(&"child"), "{ids:?}");
+        store
+            .write_step(StepWrite {
+                run_id: "child".into(),
+                owner: "w".into(),
+                rows: vec![step("a", 0, StepStatus::Succeeded)],
+                update: RunUpdate::Finish {
+                    status: RunStatus::Succeeded,
+                    error: None,
+                },
+                now_ms: 5,
+                end_waits: Vec::new(),
+                output: Some(serde_json::json!({"tier": "gold"})),
+            })
+            .await
+            .unwrap();
+        let got = store
+            .wait_signal("parent".into(), "c".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            Some(
+                serde_json::json!({"run": "child", "status": "succeeded", "output": {"tier": "gold"}, "error": null})
+            )
+        );
+        // Reached again after the end: the end at once.
+        match store.start_child(child(6)).await.unwrap() {
+            ChildState::Ended(end) => assert_eq!(end["output"]["tier"], "gold"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn signals_meet_waits_in_either_order_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
@@ -1596,6 +1777,7 @@ mod tests {
             update,
             now_ms: 600,
             end_waits: Vec::new(),
+            output: None,
         };
         store
             .write_step(write("old", "a", 0, RunUpdate::Continue))
@@ -1650,6 +1832,7 @@ mod tests {
             },
             now_ms: 5,
             end_waits: Vec::new(),
+            output: None,
         };
         store.write_step(w).await.unwrap();
         let ids = store
