@@ -14,8 +14,8 @@ use serde_json::{Value as Json, json};
 
 use super::Engine;
 use crate::flow::control::{
-    Arm, Call, Control, Delay, Foreach, Items, Join, MAX_CALL_DEPTH, Parallel, SIGNAL_KEEP, Signal,
-    Switch, Wait,
+    Arm, Call, Control, Delay, Foreach, Items, Join, MAX_CALL_DEPTH, MAX_RESPOND_BODY, Parallel,
+    Respond, RespondStatus, SIGNAL_KEEP, Signal, Switch, Wait,
 };
 use crate::flow::model::OnError;
 use crate::flow::{Action, CompiledStep, Flow};
@@ -446,7 +446,20 @@ impl Engine {
             _ => outcome,
         };
         let rows = std::mem::take(&mut cx.pending);
-        self.commit(cx, rows, update_of(outcome)).await
+        let update = update_of(outcome);
+        let ended = match &update {
+            RunUpdate::Finish { status, error } => Some((*status, error.clone())),
+            _ => None,
+        };
+        self.commit(cx, rows, update).await?;
+        // A caller still waiting for a `respond` that never came is told how the run ended.
+        if let Some((status, mut error)) = ended {
+            if let Some(e) = &mut error {
+                self.secrets.scrub_json(e);
+            }
+            self.reply(cx.run_id.as_str(), super::Reply::Ended { status, error });
+        }
+        Ok(())
     }
 
     /// Runs the steps of `block` (at `prefix`: `None` for the flow's own) not done yet, in
@@ -634,7 +647,103 @@ impl Engine {
             Action::Control(Control::Call(call)) => {
                 self.call(cx, step, path, call, started, ctx, last).await
             }
+            Action::Control(Control::Respond(respond)) => {
+                let result = self.respond(cx, respond, &ctx).await;
+                self.outcome(cx, step, path, attempt, started, result, last)
+                    .await
+            }
         }
+    }
+
+    /// A `respond` step: renders the answer and hands it to the caller waiting on this node
+    /// (none after a restart, or for a replay: `answered` is then false). The run goes on.
+    async fn respond(
+        &self,
+        cx: &RunCx,
+        r: &Respond,
+        ctx: &jaq_json::Val,
+    ) -> Result<StepOutput, StepError> {
+        let expr = |what: &str, e: crate::expr::EvalError| {
+            StepError::new(ErrorKind::Expression, format!("in `{what}`: {}", e.message))
+        };
+        let status = match &r.status {
+            RespondStatus::Fixed(s) => *s,
+            RespondStatus::Expr(t) => {
+                let v = t.render(ctx).map_err(|e| expr("status", e))?;
+                match v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                {
+                    Some(s @ 100..=599) => s as u16,
+                    _ => {
+                        return Err(StepError::new(
+                            ErrorKind::Expression,
+                            format!(
+                                "`status` must be an HTTP status from 100 to 599, got {}",
+                                short(&v)
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (name, t) in &r.headers {
+            let v = t.render(ctx).map_err(|e| expr(name, e))?;
+            let text = match v {
+                Json::String(s) => s,
+                other => other.to_string(),
+            };
+            if axum::http::HeaderValue::from_str(&text).is_err() {
+                return Err(StepError::new(
+                    ErrorKind::Expression,
+                    format!("header `{name}`: the value is not a valid header value"),
+                ));
+            }
+            headers.push((name.clone(), text));
+        }
+        let mut body = match &r.body {
+            Some(t) => t.render(ctx).map_err(|e| expr("body", e))?,
+            None => Json::Null,
+        };
+        if let Some(red) = &cx.redaction {
+            crate::redact::scrub_values(&red.values, &mut body);
+        }
+        self.secrets.scrub_json(&mut body);
+        let content_type = match headers.iter().find(|(n, _)| n == "content-type") {
+            Some((_, v)) => v.clone(),
+            None => {
+                let t = "application/json".to_owned();
+                headers.push(("content-type".into(), t.clone()));
+                t
+            }
+        };
+        let bytes = respond_body(&content_type, &body, r.body.is_some())?;
+        if bytes.len() > MAX_RESPOND_BODY {
+            return Err(StepError::new(
+                ErrorKind::Config,
+                format!(
+                    "the response body is {} bytes, over the limit of {MAX_RESPOND_BODY}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let answered = self.reply(
+            cx.run_id.as_str(),
+            super::Reply::Respond {
+                status,
+                headers: headers.clone(),
+                body: bytes,
+            },
+        );
+        let headers: serde_json::Map<String, Json> = headers
+            .into_iter()
+            .map(|(k, v)| (k, Json::String(v)))
+            .collect();
+        Ok(StepOutput {
+            value: json!({ "status": status, "headers": headers, "body": body, "answered": answered }),
+            ..Default::default()
+        })
     }
 
     /// The steps of the arm a `switch` took (boxed: arms nest).
@@ -1925,6 +2034,41 @@ fn adopt_branches(cx: &mut RunCx, par: &Parallel, path: &StepPath) {
 }
 
 /// A signal's key, rendered: a string as is, a number or boolean as its JSON text.
+/// A `respond` body as sent: XML when the type says XML (an object with one key, the root
+/// element; see docs/xml.md), a string as it is when the type is not JSON, else JSON.
+fn respond_body(content_type: &str, body: &Json, written: bool) -> Result<Vec<u8>, StepError> {
+    let ct = content_type.to_ascii_lowercase();
+    let json_type = ct.contains("json");
+    if !written {
+        return Ok(Vec::new());
+    }
+    if let Json::String(s) = body
+        && !json_type
+    {
+        return Ok(s.clone().into_bytes());
+    }
+    if ct.contains("xml") {
+        let (root, value) = match body {
+            Json::Object(o) if o.len() == 1 => o.iter().next().expect("one key"),
+            _ => {
+                return Err(StepError::new(
+                    ErrorKind::Expression,
+                    "an XML body is an object with one key, the root element, e.g. `{StockLevel: {sku: …, qty: …}}`",
+                ));
+            }
+        };
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        crate::xml::write::write_element(&mut out, root, value, None).map_err(|e| {
+            StepError::new(
+                ErrorKind::Expression,
+                format!("the body cannot be written as XML: {e}"),
+            )
+        })?;
+        return Ok(out.into_bytes());
+    }
+    Ok(body.to_string().into_bytes())
+}
+
 /// The id of the run a `call` at `path` of run `parent` starts: a UUIDv7 with the parent's
 /// time (so it sorts beside it) and bits from a hash of both, the same on every attempt,
 /// replay and node.

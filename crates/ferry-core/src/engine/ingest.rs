@@ -33,10 +33,43 @@ impl Engine {
         now: i64,
         message_id: Option<String>,
     ) -> Result<Ingested, IngestError> {
+        self.ingest_with(flow, event, now, message_id, None).await
+    }
+
+    /// [`Engine::ingest`] for a `response: sync` webhook: the receiver gets the run's
+    /// `respond` answer, or its end when it ends without one. For a duplicate, nothing is
+    /// sent (the caller answers as for any duplicate).
+    pub async fn ingest_sync(
+        self: &Arc<Self>,
+        flow: &Arc<Flow>,
+        event: Event,
+        now: i64,
+        message_id: Option<String>,
+    ) -> Result<(Ingested, tokio::sync::oneshot::Receiver<super::Reply>), IngestError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ingested = self
+            .ingest_with(flow, event, now, message_id, Some(tx))
+            .await?;
+        Ok((ingested, rx))
+    }
+
+    async fn ingest_with(
+        self: &Arc<Self>,
+        flow: &Arc<Flow>,
+        event: Event,
+        now: i64,
+        message_id: Option<String>,
+        reply: Option<tokio::sync::oneshot::Sender<super::Reply>>,
+    ) -> Result<Ingested, IngestError> {
         let dedupe = self.dedupe(flow, &event, now, message_id).await?;
         // The flow's leading steps that only compute run now, and their results go into the
         // same write as the event: a flow of such steps is done in one write.
         let run_id = crate::util::new_run_id();
+        let waits = reply.is_some();
+        if let Some(tx) = reply {
+            // Before the run can start: its `respond` finds the caller.
+            self.expect_reply(&run_id, tx);
+        }
         let Event {
             text: event_text,
             val: event,
@@ -54,7 +87,7 @@ impl Engine {
             until_ms: self.lease_until(now),
         });
         let run = NewRun {
-            id: run_id,
+            id: run_id.clone(),
             flow: flow.id.clone(),
             flow_version: flow.version.clone(),
             event: prepared.redacted_event.take().unwrap_or(event_text),
@@ -64,9 +97,24 @@ impl Engine {
             steps: std::mem::take(&mut prepared.rows),
             update: prepared.update.clone(),
         };
-        let ingested = self.store.ingest(run).await?;
+        let update = prepared.update.clone();
+        let ingested = match self.store.ingest(run).await {
+            Ok(i) => i,
+            Err(e) => {
+                if waits {
+                    self.forget_reply(&run_id);
+                }
+                return Err(e.into());
+            }
+        };
+        if waits && let Ingested::Duplicate(_) = &ingested {
+            self.forget_reply(&run_id);
+        }
         if let Ingested::Created(id) = &ingested {
             if prepared.finished() {
+                if waits && let crate::store::RunUpdate::Finish { status, error } = update {
+                    self.reply(id, super::Reply::Ended { status, error });
+                }
                 self.count_finished();
             } else {
                 match permit {

@@ -131,6 +131,25 @@ pub struct Engine {
     /// Earliest known time a waiting run becomes due (ms), so the dispatcher sleeps exactly
     /// until then instead of polling the store.
     next_due_hint: AtomicI64,
+    /// Callers of `response: sync` webhooks waiting on this node, by run id.
+    replies:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Reply>>>,
+}
+
+/// What the caller of a `response: sync` webhook is answered.
+#[derive(Debug)]
+pub enum Reply {
+    /// The run reached a `respond` step.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// The run ended without one (it failed before, or never reached it).
+    Ended {
+        status: crate::store::RunStatus,
+        error: Option<serde_json::Value>,
+    },
 }
 
 impl Engine {
@@ -152,8 +171,30 @@ impl Engine {
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             next_due_hint: AtomicI64::new(i64::MAX),
+            replies: Default::default(),
             config,
         }
+    }
+
+    /// A caller waits for run `run_id`'s `respond` step (or its end) on this node.
+    pub(crate) fn expect_reply(&self, run_id: &str, tx: tokio::sync::oneshot::Sender<Reply>) {
+        self.replies
+            .lock()
+            .expect("not poisoned")
+            .insert(run_id.to_owned(), tx);
+    }
+
+    /// The caller of run `run_id` stopped waiting (it timed out, or the event was a
+    /// duplicate).
+    pub fn forget_reply(&self, run_id: &str) {
+        self.replies.lock().expect("not poisoned").remove(run_id);
+    }
+
+    /// Answers the caller waiting for run `run_id`, if one is (on this node): true when one
+    /// was.
+    pub(crate) fn reply(&self, run_id: &str, reply: Reply) -> bool {
+        let tx = self.replies.lock().expect("not poisoned").remove(run_id);
+        tx.is_some_and(|tx| tx.send(reply).is_ok())
     }
 
     pub fn with_secrets(mut self, secrets: Arc<crate::secret::Vault>) -> Engine {

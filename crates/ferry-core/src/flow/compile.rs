@@ -127,6 +127,56 @@ pub struct Webhook {
     /// `verify:`, compiled; requests that fail it are refused before anything is stored.
     pub verifier: Option<Box<crate::verify::Verifier>>,
     pub pos: Pos,
+    /// The names of the path's `{name}` segments, in order; empty for a literal path.
+    pub params: Vec<String>,
+    /// `response: sync`: the caller is answered by the run's `respond` step.
+    pub sync: Option<SyncResponse>,
+}
+
+/// The most a caller of a `response: sync` webhook can be made to wait.
+pub const MAX_SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct SyncResponse {
+    pub timeout: Duration,
+    /// Too slow: `202` with the run's URL instead of `504`.
+    pub accept_on_timeout: bool,
+}
+
+impl Webhook {
+    /// The path's parameters when `path` (a request's) matches this webhook's pattern.
+    pub fn match_params(&self, path: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let mut want = self.path.split('/');
+        let mut got = path.split('/');
+        let mut params = serde_json::Map::new();
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return Some(params),
+                (Some(w), Some(g)) => {
+                    if let Some(name) = w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                        if g.is_empty() {
+                            return None;
+                        }
+                        let value = percent_encoding::percent_decode_str(g)
+                            .decode_utf8()
+                            .ok()?
+                            .into_owned();
+                        params.insert(name.to_owned(), value.into());
+                    } else if w != g {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// How specific the pattern is, for choosing among several that match: literal
+    /// segments win over parameters, earliest first.
+    pub fn specificity(&self) -> Vec<bool> {
+        self.path.split('/').map(|s| !s.starts_with('{')).collect()
+    }
 }
 
 pub struct CompiledStep {
@@ -169,6 +219,12 @@ impl CompiledStep {
     pub fn inline(&self) -> bool {
         self.step().is_some_and(|s| s.inline())
     }
+}
+
+fn valid_param(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_id(id: &str) -> bool {
@@ -373,6 +429,20 @@ pub(crate) fn compile_flow(
     };
     let trigger = compile_trigger(&config.trigger, &mut cx);
     let steps = compile_block(&config.steps, &mut cx);
+    let sync = matches!(&trigger, Some(Trigger::Webhook(w)) if w.sync.is_some());
+    if trigger.is_some() && !sync {
+        let mut responds = Vec::new();
+        walk_into(&steps, &mut responds);
+        for s in responds {
+            if let Action::Control(Control::Respond(r)) = &s.action {
+                cx.error(
+                    r.pos,
+                    format!("step `{}` responds, but the flow's webhook does not wait for it", s.id),
+                    Some("a `respond` step answers a `response: sync` webhook: add `response: sync` to the trigger".into()),
+                );
+            }
+        }
+    }
     if config.steps.is_empty() {
         cx.error(
             node.get("steps").map(|n| n.pos).unwrap_or(node.pos),
@@ -541,6 +611,73 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
                 },
                 None => None,
             };
+            let mut params: Vec<String> = Vec::new();
+            for seg in path.split('/') {
+                let opens = seg.contains('{') || seg.contains('}');
+                let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+                match name {
+                    Some(n) if valid_param(n) && !params.iter().any(|p| p == n) => {
+                        params.push(n.to_owned())
+                    }
+                    Some(n) if params.iter().any(|p| p == n) => {
+                        cx.error(
+                            w.path.pos,
+                            format!("path parameter `{n}` appears twice in `{path}`"),
+                            Some("give each parameter its own name".into()),
+                        );
+                        ok = false;
+                    }
+                    _ if opens => {
+                        cx.error(
+                            w.path.pos,
+                            format!("invalid path segment `{seg}` in `{path}`"),
+                            Some("a parameter is a whole segment `{name}` (letters, digits, `_`), e.g. /stock/{sku}".into()),
+                        );
+                        ok = false;
+                    }
+                    _ => {}
+                }
+            }
+            let sync = match w.response.as_ref().map(|r| r.value) {
+                Some(crate::flow::model::ResponseMode::Sync) => {
+                    let timeout = w
+                        .timeout
+                        .as_ref()
+                        .map_or(DEFAULT_SYNC_TIMEOUT, |t| t.value.0);
+                    if timeout.is_zero() || timeout > MAX_SYNC_TIMEOUT {
+                        cx.error(
+                            w.timeout.as_ref().map_or(w.path.pos, |t| t.pos),
+                            "a synchronous webhook's `timeout` is above 0 and at most 5m",
+                            Some("how long the caller waits for the `respond` step, e.g. `timeout: 10s`".into()),
+                        );
+                        ok = false;
+                    }
+                    Some(SyncResponse {
+                        timeout,
+                        accept_on_timeout: w.on_timeout
+                            == Some(crate::flow::model::OnTimeout::Accept),
+                    })
+                }
+                _ => {
+                    if let Some(t) = &w.timeout {
+                        cx.error(
+                            t.pos,
+                            "`timeout` applies to `response: sync` only",
+                            Some("an asynchronous webhook answers 202 as soon as the event is stored".into()),
+                        );
+                        ok = false;
+                    }
+                    if w.on_timeout.is_some() {
+                        cx.error(
+                            w.path.pos,
+                            "`on_timeout` applies to `response: sync` only",
+                            Some("add `response: sync`, or remove `on_timeout`".into()),
+                        );
+                        ok = false;
+                    }
+                    None
+                }
+            };
             ok.then_some(Trigger::Webhook(Webhook {
                 path,
                 method,
@@ -548,6 +685,8 @@ fn compile_trigger(node: &Node, cx: &mut CompileCx) -> Option<Trigger> {
                 dedupe_window,
                 verifier,
                 pos: w.path.pos,
+                params,
+                sync,
             }))
         }
     }
@@ -919,7 +1058,7 @@ steps:
 ";
         insta::assert_snapshot!(errors(flow), @r"
         f.yaml:6:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, respond, delay
         f.yaml:8:25: error: unknown connection `crn`
           hint: did you mean `crm`?
         f.yaml:9:14: error: invalid duration `soon` (expected number at 0); expected e.g. `500ms`, `10s`, `5m`
@@ -983,7 +1122,7 @@ extra: 1
         f.yaml:4:48: error: invalid duration `5 parsecs` (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected e.g. `500ms`, `10s`, `5m`
           hint: see docs/flows.md for the keys each part takes
         f.yaml:7:5: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, respond, delay
         f.yaml:8:9: error: duplicate step id `a`
           hint: first used at line 6; step ids must be unique
         f.yaml:10:1: error: unknown key `extra`
@@ -1122,7 +1261,7 @@ steps:
         f.yaml:11:37: error: invalid expression: expected term, found end of expression
           hint: expressions are jq, e.g. `{{ .event.body.email | ascii_downcase }}`; see docs/expressions.md
         f.yaml:12:29: error: unknown step kind `htpp`
-          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, delay
+          hint: did you mean `http`? kinds: http, graphql, soap, map, filter, log, switch, foreach, parallel, wait, signal, call, respond, delay
         f.yaml:13:43: error: reference to unknown step `later`
           hint: step `later` runs later; a step can only read the results of steps before it
         f.yaml:15:13: error: the short form of a switch needs `if` and `then`

@@ -157,6 +157,21 @@ pub const CONTROLS: &[ControlDef] = &[
         },
     },
     ControlDef {
+        kind: "respond",
+        summary: "answer the caller of a `response: sync` webhook (status, headers, body); the run goes on",
+        schema: |_| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "status": {"type": ["integer", "string"], "description": "The HTTP status (default 200), or a template yielding it."},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Header name -> value (templates)."},
+                    "body": {"description": "The body (a template): JSON, or XML when `content-type` says XML (docs/xml.md), or text when it is a string and the type is not JSON."},
+                }
+            })
+        },
+    },
+    ControlDef {
         kind: "delay",
         summary: "sleep (durably, in the queue) for a duration or until a time",
         schema: |_| {
@@ -177,6 +192,22 @@ pub enum Control {
     Signal(Signal),
     Delay(Delay),
     Call(Call),
+    Respond(Respond),
+}
+
+/// The largest body a `respond` step sends.
+pub const MAX_RESPOND_BODY: usize = 10 * 1024 * 1024;
+
+pub struct Respond {
+    pub status: RespondStatus,
+    pub headers: Vec<(String, crate::expr::Template)>,
+    pub body: Option<crate::expr::Template>,
+    pub pos: Pos,
+}
+
+pub enum RespondStatus {
+    Fixed(u16),
+    Expr(crate::expr::Template),
 }
 
 /// Calls nest at most this deep at run time (a run started by a `call` in a run started by a
@@ -356,9 +387,11 @@ impl Control {
                 .collect(),
             Control::Foreach(f) => vec![f.steps.as_slice()],
             Control::Parallel(p) => p.branches.iter().map(|(_, b)| b.as_slice()).collect(),
-            Control::Delay(_) | Control::Wait(_) | Control::Signal(_) | Control::Call(_) => {
-                Vec::new()
-            }
+            Control::Delay(_)
+            | Control::Wait(_)
+            | Control::Signal(_)
+            | Control::Call(_)
+            | Control::Respond(_) => Vec::new(),
         }
     }
 }
@@ -382,6 +415,7 @@ pub(crate) fn compile(
         "signal" => compile_signal(node, cx).map(|w| ("signal", Control::Signal(w))),
         "delay" => compile_delay(node, cx).map(|d| ("delay", Control::Delay(d))),
         "call" => compile_call(node, cx).map(|c| ("call", Control::Call(c))),
+        "respond" => compile_respond(node, cx).map(|r| ("respond", Control::Respond(r))),
         other => unreachable!("not a control kind: {other}"),
     }
 }
@@ -912,5 +946,61 @@ fn compile_call(node: &Node, cx: &mut CompileCx) -> Option<Call> {
         wait,
         timeout,
         pos: c.flow.pos,
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RespondConfig {
+    #[serde(default)]
+    status: Option<Node>,
+    #[serde(default)]
+    headers: Option<Spanned<std::collections::BTreeMap<String, Node>>>,
+    #[serde(default)]
+    body: Option<Node>,
+}
+
+/// Whether the flow's trigger allows it is checked with the whole flow (`compile_flow`).
+fn compile_respond(node: &Node, cx: &mut CompileCx) -> Option<Respond> {
+    let c: RespondConfig = cx.parse(node)?;
+    let status = match &c.status {
+        None => RespondStatus::Fixed(200),
+        Some(n) => match &n.value {
+            Value::Int(i) if (100..=599).contains(i) => RespondStatus::Fixed(*i as u16),
+            Value::Str(_) => RespondStatus::Expr(cx.template(n)?),
+            _ => {
+                cx.error(
+                    n.pos,
+                    "`status` is an HTTP status from 100 to 599, or a template",
+                    Some("e.g. `status: 200`, `status: '{{ if .steps.find.body then 200 else 404 end }}'`".into()),
+                );
+                return None;
+            }
+        },
+    };
+    let mut headers = Vec::new();
+    let mut ok = true;
+    if let Some(h) = &c.headers {
+        for (name, value) in &h.value {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                cx.error(h.pos, format!("invalid header name `{name}`"), None);
+                ok = false;
+                continue;
+            }
+            match cx.template(value) {
+                Some(t) => headers.push((name.to_ascii_lowercase(), t)),
+                None => ok = false,
+            }
+        }
+    }
+    let body = match &c.body {
+        Some(b) => Some(cx.template(b)?),
+        None => None,
+    };
+    ok.then_some(Respond {
+        status,
+        headers,
+        body,
+        pos: node.pos,
     })
 }

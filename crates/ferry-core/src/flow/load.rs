@@ -257,7 +257,13 @@ fn compile_files(files: BTreeMap<PathBuf, Kind>) -> Result<Project, Diagnostics>
                         continue;
                     }
                     if let Some(wh) = flow.webhook() {
-                        let key = format!("{} {}", wh.method, wh.path);
+                        // `/stock/{sku}` and `/stock/{id}` are the same route.
+                        let route: Vec<&str> = wh
+                            .path
+                            .split('/')
+                            .map(|s| if s.starts_with('{') { "{}" } else { s })
+                            .collect();
+                        let key = format!("{} {}", wh.method, route.join("/"));
                         if let Some(first) = webhook_paths.insert(key.clone(), src.shown.clone()) {
                             diags.push(
                                 Diagnostic::new(

@@ -11,5 +11,5 @@ pub mod model;
 pub mod node;
 pub mod schema;
 
-pub use compile::{Action, CompiledStep, Flow, Trigger, Webhook};
+pub use compile::{Action, CompiledStep, Flow, SyncResponse, Trigger, Webhook};
 pub use load::{Project, load_project, validate_paths};

@@ -146,7 +146,9 @@ pub struct FlowTriggerConfig {
 #[derive(Deserialize, JsonSchema, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The URL path that receives events, e.g. `/hooks/shop/customers`.
+    /// The URL path that receives events, e.g. `/hooks/shop/customers`. A segment `{name}`
+    /// matches any one segment, read as `.event.params.name` (`/stock/{sku}`); a literal
+    /// path wins over one with parameters.
     pub path: Spanned<String>,
     /// The HTTP method accepted (default `POST`).
     #[serde(default)]
@@ -163,6 +165,33 @@ pub struct WebhookConfig {
     /// that fails is answered 401 and stored nowhere. See docs/security.md.
     #[serde(default)]
     pub verify: Option<Spanned<Box<crate::verify::VerifyConfig>>>,
+    /// `async` (default): answer `202 {"run_id"}` once the event is stored. `sync`: wait
+    /// until the run reaches a `respond` step and answer with it (Ferry as an API facade).
+    #[serde(default)]
+    pub response: Option<Spanned<ResponseMode>>,
+    /// With `response: sync`: how long the caller waits for the `respond` step (default
+    /// `10s`, at most `5m`).
+    #[serde(default)]
+    pub timeout: Option<Spanned<Dur>>,
+    /// With `response: sync`, what a run too slow to respond answers: `error` (default, a
+    /// `504`) or `accept` (a `202` with the run's id and status URL). The run goes on.
+    #[serde(default)]
+    pub on_timeout: Option<OnTimeout>,
+}
+
+#[derive(Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    Async,
+    Sync,
+}
+
+#[derive(Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    #[default]
+    Error,
+    Accept,
 }
 
 #[derive(Deserialize, JsonSchema, Debug, Default)]

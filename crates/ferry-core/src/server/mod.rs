@@ -62,11 +62,42 @@ pub struct AppState {
     pub limits: Limits,
     /// Webhook path → flows by method.
     hooks: HashMap<String, Vec<Arc<Flow>>>,
+    /// Webhooks whose paths have `{name}` segments, the most specific first (literal
+    /// segments before parameters, from the left).
+    patterns: Vec<Arc<Flow>>,
     /// Requests refused by a flow's `verify:` since start, by flow id.
     rejected: HashMap<String, std::sync::atomic::AtomicU64>,
 }
 
+/// A request path's `{name}` segments, by name.
+pub(crate) type PathParams = serde_json::Map<String, serde_json::Value>;
+
 impl AppState {
+    /// The flows (one per method) at a request's path, and the path's parameters when the
+    /// webhooks there have some. A literal path wins; then the most specific pattern.
+    pub(crate) fn route(&self, path: &str) -> Option<(Vec<Arc<Flow>>, Option<PathParams>)> {
+        if let Some(flows) = self.hooks.get(path) {
+            return Some((flows.clone(), None));
+        }
+        let (first, params) = self.patterns.iter().find_map(|f| {
+            f.webhook()
+                .and_then(|w| w.match_params(path))
+                .map(|p| (f, p))
+        })?;
+        let spec = first.webhook().map(|w| w.specificity());
+        let flows: Vec<Arc<Flow>> = self
+            .patterns
+            .iter()
+            .filter(|f| {
+                let w = f.webhook();
+                w.map(|w| w.specificity()) == spec
+                    && w.is_some_and(|w| w.match_params(path).is_some())
+            })
+            .cloned()
+            .collect();
+        Some((flows, Some(params)))
+    }
+
     pub fn count_rejection(&self, flow: &str) {
         if let Some(c) = self.rejected.get(flow) {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -88,11 +119,19 @@ impl AppState {
         limits: Limits,
     ) -> Arc<AppState> {
         let mut hooks: HashMap<String, Vec<Arc<Flow>>> = HashMap::new();
+        let mut patterns: Vec<Arc<Flow>> = Vec::new();
         for flow in &engine.project.flows {
             if let Some(w) = flow.webhook() {
-                hooks.entry(w.path.clone()).or_default().push(flow.clone());
+                if w.params.is_empty() {
+                    hooks.entry(w.path.clone()).or_default().push(flow.clone());
+                } else {
+                    patterns.push(flow.clone());
+                }
             }
         }
+        patterns.sort_by_key(|f| {
+            std::cmp::Reverse(f.webhook().map(|w| w.specificity()).unwrap_or_default())
+        });
         let rejected = engine
             .project
             .flows
@@ -106,6 +145,7 @@ impl AppState {
             data_dir,
             limits,
             hooks,
+            patterns,
         })
     }
 }

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json, json};
 
 use super::{ApiError, AppState};
-use crate::engine::IngestError;
+use crate::engine::{IngestError, Reply};
 use crate::expr::Reads;
 use crate::flow::Flow;
-use crate::store::Ingested;
+use crate::store::{Ingested, RunStatus};
 use crate::trigger::Event;
 use crate::trigger::webhook::{BodyError, MASKED_HEADERS, parse_body, parse_body_fast};
 
@@ -21,7 +21,7 @@ pub(super) async fn receive(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
-    let Some(flows) = state.hooks.get(&path) else {
+    let Some((flows, params)) = state.route(&path) else {
         return Err(ApiError::NotFound(format!("no webhook at `{path}`")));
     };
     let method = req.method().as_str().to_owned();
@@ -126,6 +126,15 @@ pub(super) async fn receive(
         .unwrap_or_default();
     let now = state.engine.clock.now_ms();
     let event = match verified {
+        // Path parameters: the event is built as a tree, with `params` beside `path`.
+        None if params.is_some() => {
+            let body = parse_body(content_type, &bytes, max_depth).map_err(bad_body)?;
+            let mut event = crate::trigger::event(body, headers, query, &method, &path, now);
+            if let (Json::Object(map), Some(p)) = (&mut event, params) {
+                map.insert("params".into(), Json::Object(p));
+            }
+            Event::from_json(&event)
+        }
         None => {
             let reads = &flow.event_reads;
             let body_reads = reads.get("body").unwrap_or(Reads::nothing());
@@ -143,12 +152,125 @@ pub(super) async fn receive(
             // Who the verifier says sent it: `.event.verified.subject` (JWT `sub`, basic user).
             if let Json::Object(map) = &mut event {
                 map.insert("verified".into(), v);
+                if let Some(p) = params {
+                    map.insert("params".into(), Json::Object(p));
+                }
             }
             Event::from_json(&event)
         }
     };
+    if let Some(sync) = flow.webhook().and_then(|w| w.sync) {
+        return answer_sync(&state, &flow, event, now, message_id, sync).await;
+    }
     let (code, run_id) = ingest_with_id(&state, &flow, event, now, message_id).await?;
     Ok((code, axum::Json(json!({ "run_id": run_id }))).into_response())
+}
+
+/// `response: sync`: the event is stored like any other, then the caller waits for the run's
+/// `respond` step (on this node), at most the webhook's `timeout`.
+async fn answer_sync(
+    state: &AppState,
+    flow: &Arc<Flow>,
+    event: Event,
+    now: i64,
+    message_id: Option<String>,
+    sync: crate::flow::SyncResponse,
+) -> Result<Response, ApiError> {
+    let (ingested, rx) = match state.engine.ingest_sync(flow, event, now, message_id).await {
+        Ok(r) => r,
+        Err(IngestError::Dedupe(m)) => {
+            return Err(ApiError::BadRequest(format!(
+                "dedupe expression failed: {m}"
+            )));
+        }
+        Err(IngestError::Store(e)) => return Err(e.into()),
+    };
+    let run_id = match ingested {
+        Ingested::Created(id) => id,
+        Ingested::Duplicate(id) => {
+            return Ok((StatusCode::OK, axum::Json(json!({ "run_id": id }))).into_response());
+        }
+    };
+    let problem = |status: StatusCode, slug: &str, detail: String| {
+        let body = json!({
+            "type": format!("https://ferry.dev/problems/{slug}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": detail,
+            "run_id": run_id,
+        });
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    };
+    match tokio::time::timeout(sync.timeout, rx).await {
+        Ok(Ok(Reply::Respond {
+            status,
+            headers,
+            body,
+        })) => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            for (name, value) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            if let Ok(v) = header::HeaderValue::from_str(&run_id) {
+                resp.headers_mut().insert("ferry-run-id", v);
+            }
+            Ok(resp)
+        }
+        Ok(Ok(Reply::Ended { status, error })) => {
+            let why = error
+                .as_ref()
+                .and_then(|e| e["message"].as_str())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let (code, detail) = match status {
+                RunStatus::Succeeded => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("run {run_id} ended without reaching a `respond` step"),
+                ),
+                other => (
+                    StatusCode::BAD_GATEWAY,
+                    format!("run {run_id} {} before it responded{why}", other.as_str()),
+                ),
+            };
+            Ok(problem(code, "run-did-not-respond", detail))
+        }
+        // Too slow (or its node let go of it): the run goes on either way.
+        Ok(Err(_)) | Err(_) => {
+            state.engine.forget_reply(&run_id);
+            if sync.accept_on_timeout {
+                let url = format!("/api/v1/runs/{run_id}");
+                let mut resp = (
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({ "run_id": run_id, "status_url": url })),
+                )
+                    .into_response();
+                if let Ok(v) = header::HeaderValue::from_str(&url) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                Ok(resp)
+            } else {
+                Ok(problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "response-timeout",
+                    format!(
+                        "run {run_id} did not respond within {}; it goes on (GET /api/v1/runs/{run_id})",
+                        humantime::format_duration(sync.timeout)
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 /// Stores an event for `flow` (deduplicated when the flow says so) and wakes the engine.

@@ -21,7 +21,7 @@
 use roxmltree::{Node, ParsingOptions};
 use serde_json::{Map, Number, Value as Json};
 
-mod write;
+pub(crate) mod write;
 
 pub use write::{Order, Unordered, WriteError, escape, write_element, write_element_ordered};
 

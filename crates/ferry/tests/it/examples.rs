@@ -160,3 +160,69 @@ async fn the_customer_export_follows_every_page_and_loads_the_opt_ins() {
     );
     assert_eq!(load[0].json()["pages"], 3);
 }
+
+#[tokio::test]
+async fn erp_facade_answers_rest_callers_with_the_soap_erps_result() {
+    let fakes = fakes().await;
+    let project = project("erp-facade", &fakes);
+    let ferry = Ferry::start(&project);
+    let order: Value = serde_json::from_str(
+        &std::fs::read_to_string(project.path().join("events/order.json")).unwrap(),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let resp = http
+        .put(ferry.url("/shop/orders/A-1001"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["location"], "/shop/orders/A-1001");
+    let run_id = resp.headers()["ferry-run-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["id"], "A-1001");
+    assert_eq!(body["total"].as_f64(), Some(285000.0), "{body}");
+    assert!(body["erp_order"].as_u64().unwrap() > 100_000, "{body}");
+    // The ERP got the order, with the id from the path.
+    let soap = fakes.received("erp");
+    assert_eq!(soap.len(), 1);
+    assert!(soap[0].body.contains("A-1001"), "{}", soap[0].body);
+    let run = ferry.wait_final(&run_id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "created")["output"]["answered"], true);
+
+    // A refused order: 422 with the ERP's reason, from the fallback step.
+    let mut bad = order.clone();
+    bad["lines"][0]["quantity"] = json!(0);
+    let resp = http
+        .put(ferry.url("/shop/orders/A-1002"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("positive quantity"),
+        "{body}"
+    );
+    // Only PUT is served there; a path outside the pattern is not.
+    let resp = http
+        .get(ferry.url("/shop/orders/A-1001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = http
+        .put(ferry.url("/shop/orders/A-1/extra"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

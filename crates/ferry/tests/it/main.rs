@@ -10,6 +10,7 @@ mod harness;
 #[path = "../../../ferry-core/tests/support/node.rs"]
 mod node;
 mod openapi;
+mod respond;
 mod rest;
 mod retries;
 mod soap;
