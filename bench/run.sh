@@ -6,7 +6,8 @@
 #   DURATION=5 bench/run.sh
 #
 # Scenarios: (a) durable ingest, webhook → 202 (flow: one map step);
-#            (b) end to end, webhook → map → http POST to a local sink.
+#            (b) end to end, webhook → map → http POST to a local sink;
+#            (c) respond, webhook (response: sync) → map → respond: the caller waits for the run.
 # Each at 16 and 64 connections, on a fresh data folder. Prints events/s, p50/p99 ack
 # latency, delivered count, peak RSS; plus idle RSS and time from start to first 202.
 set -euo pipefail
@@ -54,7 +55,7 @@ sleep 1
 echo "idle RSS: $(rss "$PID" VmRSS)"
 stop_ferry
 
-for scenario in ingest e2e; do
+for scenario in ingest e2e respond; do
   for c in 16 64; do
     start_ferry
     read -r before _ < <(curl -s "http://$SINK/count")
