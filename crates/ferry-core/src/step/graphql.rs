@@ -377,10 +377,6 @@ fn pos_in_query(cx: &CompileCx, query: &Spanned<String>, offset: usize) -> Pos {
     let lines: Vec<&str> = cx.source.lines().collect();
     let at = query.pos.line.saturating_sub(1) as usize;
     let col0 = query.pos.col.saturating_sub(1) as usize;
-    let at_indicator = lines
-        .get(at)
-        .and_then(|l| l.get(col0..))
-        .is_some_and(|rest| rest.starts_with('|'));
     // A block placed at its first line: the line above ends with its `|` (a block's first
     // character may be a quote, which does not open a quoted string there).
     let below_indicator = at > 0
@@ -389,6 +385,13 @@ fn pos_in_query(cx: &CompileCx, query: &Spanned<String>, offset: usize) -> Pos {
             let l = l.trim_end_matches(|c: char| c.is_ascii_digit());
             l.ends_with('|')
         });
+    // A block placed at its `|`, unless that `|` is the block's own first character (its
+    // indicator is then on the line above).
+    let at_indicator = !below_indicator
+        && lines
+            .get(at)
+            .and_then(|l| l.get(col0..))
+            .is_some_and(|rest| rest.starts_with('|'));
     if !at_indicator && !below_indicator && !before.contains('\n') {
         return cx.pos_in_string(query.pos, value, offset);
     }
@@ -1285,6 +1288,30 @@ mod tests {
         f.yaml:12:9: error: invalid GraphQL: unterminated block string
           hint: close it with `"""`
         "#);
+    }
+
+    #[test]
+    fn a_block_whose_first_character_is_a_bar_is_not_taken_for_its_indicator() {
+        // Found by the graphql_query fuzz target: the query's own first `|` was read as the
+        // block's `|` indicator, so its first line was looked for one line down, did not
+        // match, and the error fell back to the start of the query (8:9, not 8:50).
+        let steps = "- id: a
+    graphql:
+      connection: shop
+      query: |-
+        |||query : cmquerz Rrde||||| Ir($id:{v I{;;;
+  - id: b
+    graphql:
+      connection: shop
+      query: |
+        | { x ; }
+";
+        insta::assert_snapshot!(compile_errors(steps), @r"
+        f.yaml:8:50: error: invalid GraphQL: unexpected character `;`
+          hint: check the query's syntax; see https://spec.graphql.org/ for the grammar
+        f.yaml:13:15: error: invalid GraphQL: unexpected character `;`
+          hint: check the query's syntax; see https://spec.graphql.org/ for the grammar
+        ");
     }
 
     #[test]
