@@ -109,8 +109,16 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_reruns_no_committed_s
     // new ones arrive.
     let mut kills = Vec::new();
     for (round, kill_after_ms) in [(1, 700), (2, 400)] {
+        let b_before = receiver.requests_to("/b").len();
         let senders = load(ferry.url("/in"), &acked, round, 1200);
         tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        // On a loaded machine 700 ms may not get any run to `b`: wait until some have (and
+        // their results had time to be stored), so the kill always cuts runs past `a`.
+        let until = Instant::now() + Duration::from_secs(20);
+        while receiver.requests_to("/b").len() < b_before + 10 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         ferry.kill9();
         for s in senders {
             s.await.unwrap();
