@@ -1286,14 +1286,9 @@ impl Engine {
                 ..Default::default()
             };
             // Stored at once: the signal is taken.
-            let pass = self
-                .outcome(cx, step, path, 1, started, Ok(out), last)
-                .await?;
-            if matches!(pass, Pass::Done) {
-                let rows = std::mem::take(&mut cx.pending);
-                self.commit(cx, rows, RunUpdate::Continue).await?;
-            }
-            return Ok(pass);
+            return self
+                .outcome_stored(cx, step, path, started, Ok(out), last)
+                .await;
         }
         if now >= until_ms {
             cx.end_waits.push(path.as_str().to_owned());
@@ -1313,6 +1308,22 @@ impl Engine {
             "until": crate::util::rfc3339(until_ms),
             "until_ms": until_ms,
         });
+        Ok(self.sleep(cx, step, path, started, now, until_ms, output))
+    }
+
+    /// A step that sleeps in the queue until `until_ms` (a `wait`, a `call`): its `waiting`
+    /// row records `output` (what a resume needs), and the run is due again then.
+    #[allow(clippy::too_many_arguments)]
+    fn sleep(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        started: i64,
+        now: i64,
+        until_ms: i64,
+        output: Json,
+    ) -> Pass {
         let row = StepRow {
             output: Some(output),
             ..row(
@@ -1330,7 +1341,28 @@ impl Engine {
         cx.prior.insert(path.0.clone(), Prior::Waiting(row.clone()));
         cx.pending.push(row);
         self.note_due(until_ms);
-        Ok(Pass::Stop(Outcome::WaitUntil { at_ms: until_ms }))
+        Pass::Stop(Outcome::WaitUntil { at_ms: until_ms })
+    }
+
+    /// [`Engine::outcome`] of a step whose effect is out (a signal taken, a run started):
+    /// stored at once when the run goes on, so a resume does not repeat it.
+    async fn outcome_stored(
+        &self,
+        cx: &mut RunCx,
+        step: &CompiledStep,
+        path: StepPath,
+        started: i64,
+        result: Result<StepOutput, StepError>,
+        last: bool,
+    ) -> Result<Pass, crate::store::StoreError> {
+        let pass = self
+            .outcome(cx, step, path, 1, started, result, last)
+            .await?;
+        if matches!(pass, Pass::Done) {
+            let rows = std::mem::take(&mut cx.pending);
+            self.commit(cx, rows, RunUpdate::Continue).await?;
+        }
+        Ok(pass)
     }
 
     /// A `signal` step: the signal is stored and delivered, once per run and path.
@@ -1460,14 +1492,9 @@ impl Engine {
                         value: json!({ "run": child, "flow": call.flow }),
                         ..Default::default()
                     };
-                    let pass = self
-                        .outcome(cx, step, path, 1, started, Ok(out), last)
-                        .await?;
-                    if matches!(pass, Pass::Done) {
-                        let rows = std::mem::take(&mut cx.pending);
-                        self.commit(cx, rows, RunUpdate::Continue).await?;
-                    }
-                    return Ok(pass);
+                    return self
+                        .outcome_stored(cx, step, path, started, Ok(out), last)
+                        .await;
                 }
                 let ended = match state {
                     crate::store::ChildState::Ended(end) => Some(end),
@@ -1497,14 +1524,9 @@ impl Engine {
                     ))
                 }
             };
-            let pass = self
-                .outcome(cx, step, path, 1, started, result, last)
-                .await?;
-            if matches!(pass, Pass::Done) {
-                let rows = std::mem::take(&mut cx.pending);
-                self.commit(cx, rows, RunUpdate::Continue).await?;
-            }
-            return Ok(pass);
+            return self
+                .outcome_stored(cx, step, path, started, result, last)
+                .await;
         }
         if now >= until_ms {
             cx.end_waits.push(path.as_str().to_owned());
@@ -1524,24 +1546,7 @@ impl Engine {
             "until": crate::util::rfc3339(until_ms),
             "until_ms": until_ms,
         });
-        let row = StepRow {
-            output: Some(output),
-            ..row(
-                &path,
-                step,
-                StepStatus::Waiting,
-                0,
-                started,
-                now,
-                None,
-                None,
-            )
-        };
-        self.report(cx, step, &row, Some(until_ms - now));
-        cx.prior.insert(path.0.clone(), Prior::Waiting(row.clone()));
-        cx.pending.push(row);
-        self.note_due(until_ms);
-        Ok(Pass::Stop(Outcome::WaitUntil { at_ms: until_ms }))
+        Ok(self.sleep(cx, step, path, started, now, until_ms, output))
     }
 
     /// The called run's id and event: `.event.body` is the input (checked against the
