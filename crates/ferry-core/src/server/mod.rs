@@ -72,12 +72,15 @@ pub struct AppState {
 /// A request path's `{name}` segments, by name.
 pub(crate) type PathParams = serde_json::Map<String, serde_json::Value>;
 
+/// The flows at a request's path (borrowed for a literal path), and its parameters.
+pub(crate) type Route<'a> = (std::borrow::Cow<'a, [Arc<Flow>]>, Option<PathParams>);
+
 impl AppState {
     /// The flows (one per method) at a request's path, and the path's parameters when the
     /// webhooks there have some. A literal path wins; then the most specific pattern.
-    pub(crate) fn route(&self, path: &str) -> Option<(Vec<Arc<Flow>>, Option<PathParams>)> {
+    pub(crate) fn route(&self, path: &str) -> Option<Route<'_>> {
         if let Some(flows) = self.hooks.get(path) {
-            return Some((flows.clone(), None));
+            return Some((std::borrow::Cow::Borrowed(flows.as_slice()), None));
         }
         let (first, params) = self.patterns.iter().find_map(|f| {
             f.webhook()
@@ -95,7 +98,7 @@ impl AppState {
             })
             .cloned()
             .collect();
-        Some((flows, Some(params)))
+        Some((std::borrow::Cow::Owned(flows), Some(params)))
     }
 
     pub fn count_rejection(&self, flow: &str) {
